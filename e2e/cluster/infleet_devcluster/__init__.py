@@ -1,0 +1,1 @@
+"""Local control plane for development and tests: pinned upstream binaries, simulated accelerator nodes."""
