@@ -1,0 +1,142 @@
+"""Snapshot and plan types of the decision core.
+
+Everything here is a frozen dataclass of plain numbers and strings: the operator builds them from the cluster
+(see :mod:`infleet.policy.from_api`), the simulator builds them from its own state, and both hand them to the same
+pure functions. Capacity is always expressed in *requests per second a replica sustains within the SLO* for the
+deployment's current request mix, so a CPU replica and an H100 replica are comparable numbers, not equal counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+CapacityType = Literal["on-demand", "spot"]
+PlacementStatus = Literal["ok", "idle", "over_budget", "insufficient_capacity", "no_fitting_pool"]
+
+CAPACITY_TYPES: tuple[CapacityType, ...] = ("on-demand", "spot")
+
+
+@dataclass(frozen=True)
+class PoolOffer:
+    """What one accelerator pool can give one deployment.
+
+    ``replica_capacity_rps`` is the request rate one replica of *this* model on *this* pool serves while meeting
+    the deployment's latency targets (from the pool's performance profile); 0 means the pool cannot meet the SLO
+    at all. ``free_devices`` counts devices this deployment may use in the pool: unallocated devices plus those
+    its own replicas already hold.
+    """
+
+    pool: str
+    accelerator: str
+    capacity_type: CapacityType
+    price_per_device_hour: float
+    devices_per_replica: int
+    device_memory_gib: float
+    free_devices: int
+    replica_capacity_rps: float
+    cold_start_s: float = 60.0
+    max_replicas: int | None = None
+    preference: int = 0
+    current_replicas: int = 0
+
+    def __post_init__(self) -> None:
+        if self.capacity_type not in CAPACITY_TYPES:
+            raise ValueError(f"pool {self.pool!r}: capacity_type must be one of {CAPACITY_TYPES}")
+        if self.devices_per_replica < 1:
+            raise ValueError(f"pool {self.pool!r}: devices_per_replica must be >= 1")
+        for name in ("price_per_device_hour", "device_memory_gib", "replica_capacity_rps", "cold_start_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"pool {self.pool!r}: {name} must be >= 0")
+        if self.free_devices < 0:
+            raise ValueError(f"pool {self.pool!r}: free_devices must be >= 0")
+        if self.max_replicas is not None and self.max_replicas < 0:
+            raise ValueError(f"pool {self.pool!r}: max_replicas must be >= 0")
+
+    @property
+    def replica_price_per_hour(self) -> float:
+        return self.price_per_device_hour * self.devices_per_replica
+
+    @property
+    def replica_limit(self) -> int:
+        """Most replicas of this deployment the pool can hold (devices and the pool's own limit)."""
+        by_devices = self.free_devices // self.devices_per_replica
+        return by_devices if self.max_replicas is None else min(by_devices, self.max_replicas)
+
+    def fits(self, model_memory_gib: float, memory_utilization: float = 0.9) -> bool:
+        """Whether the model's weights (plus runtime reserve) fit in one replica's device memory."""
+        return model_memory_gib <= self.devices_per_replica * self.device_memory_gib * memory_utilization
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """One deployment's placement problem: serve ``demand_rps`` at least cost on the offered pools.
+
+    ``max_spot_fraction`` bounds the share of the demanded capacity that may sit on spot pools (0: never spot,
+    1: spot freely), so a spot reclaim can take at most that share away. ``budget_per_hour`` is a hard cap.
+    """
+
+    deployment: str
+    demand_rps: float
+    model_memory_gib: float
+    offers: tuple[PoolOffer, ...]
+    min_replicas: int = 0
+    max_replicas: int | None = None
+    max_spot_fraction: float = 1.0
+    budget_per_hour: float | None = None
+    memory_utilization: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.demand_rps < 0:
+            raise ValueError(f"{self.deployment}: demand_rps must be >= 0")
+        if not 0.0 <= self.max_spot_fraction <= 1.0:
+            raise ValueError(f"{self.deployment}: max_spot_fraction must be within [0, 1]")
+        if self.min_replicas < 0 or (self.max_replicas is not None and self.max_replicas < self.min_replicas):
+            raise ValueError(f"{self.deployment}: need 0 <= min_replicas <= max_replicas")
+        if self.budget_per_hour is not None and self.budget_per_hour < 0:
+            raise ValueError(f"{self.deployment}: budget_per_hour must be >= 0")
+        names = [o.pool for o in self.offers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.deployment}: a pool is offered twice")
+
+    def usable_offers(self) -> tuple[PoolOffer, ...]:
+        """Offers where the model fits and a replica can meet the SLO."""
+        return tuple(
+            o
+            for o in self.offers
+            if o.replica_capacity_rps > 0 and o.fits(self.model_memory_gib, self.memory_utilization)
+        )
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    """Replicas per pool for one deployment, and why.
+
+    ``status`` is ``ok`` when the demand is covered within every constraint, ``idle`` for zero demand and no
+    minimum, otherwise it names what stopped it; ``replicas`` is then the best effort (most capacity within the
+    limits and budget, at least cost) and ``shortfall_rps`` says how much is missing.
+    """
+
+    deployment: str
+    replicas: Mapping[str, int]
+    cost_per_hour: float
+    capacity_rps: float
+    status: PlacementStatus
+    shortfall_rps: float = 0.0
+    reason: str = ""
+    solver: str = "milp"
+
+    @property
+    def total_replicas(self) -> int:
+        return sum(self.replicas.values())
+
+
+@dataclass(frozen=True)
+class FleetPlacement:
+    """Plans for many deployments solved together over shared pool devices."""
+
+    plans: Mapping[str, PlacementPlan]
+    cost_per_hour: float
+    solve_seconds: float
+    devices_used: Mapping[str, int] = field(default_factory=dict)
