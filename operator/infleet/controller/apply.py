@@ -1,0 +1,69 @@
+"""Apply a rendered plan to the cluster, idempotently.
+
+Every object goes through server-side apply under one field manager, so running the same plan twice (or a
+restarted operator re-running a half-applied one) converges instead of duplicating. Worker Deployments of the
+InferenceDeployment that the plan no longer names are deleted, which is also what moves replicas off a pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from infleet.controller.kube import Kube, Obj
+from infleet.controller.manifests import (
+    ImageConfig,
+    Owner,
+    Workload,
+    label_selector,
+    render_deployment,
+    render_service,
+    selector_labels,
+)
+
+
+def deployments_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    return f"{base}/{name}" if name else base
+
+
+def services_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/services/{name}"
+
+
+@dataclass
+class ApplyResult:
+    applied: dict[str, int] = field(default_factory=dict)  # Deployment name -> replicas now asked for
+    previous: dict[str, int] = field(default_factory=dict)  # Deployment name -> replicas before this apply
+    deleted: list[str] = field(default_factory=list)
+
+
+def existing_workloads(kube: Kube, owner: Owner) -> list[Obj]:
+    """The worker Deployments this InferenceDeployment owns (by label, checked against the owner's uid)."""
+    items = kube.list(deployments_path(owner.namespace), label_selector=label_selector(selector_labels(owner.name)))
+    return [d for d in items if _owned_by(d, owner.uid)]
+
+
+def _owned_by(obj: Obj, uid: str) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+def apply_plan(
+    kube: Kube, owner: Owner, workloads: Iterable[Workload], images: ImageConfig | None = None
+) -> ApplyResult:
+    result = ApplyResult()
+    current = {d["metadata"]["name"]: d for d in existing_workloads(kube, owner)}
+    for name, obj in current.items():
+        result.previous[name] = int(obj.get("spec", {}).get("replicas") or 0)
+    for w in workloads:
+        manifest = render_deployment(w, images)
+        name = manifest["metadata"]["name"]
+        kube.apply(deployments_path(owner.namespace, name), manifest)
+        result.applied[name] = w.replicas
+    service = render_service(owner)
+    kube.apply(services_path(owner.namespace, service["metadata"]["name"]), service)
+    for name in sorted(set(current) - set(result.applied)):
+        if kube.delete(deployments_path(owner.namespace, name)):
+            result.deleted.append(name)
+    return result

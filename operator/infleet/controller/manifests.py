@@ -1,0 +1,205 @@
+"""Plan -> Kubernetes objects, pure: one apps/v1 Deployment per (InferenceDeployment, pool, role) and one
+Service selecting the serving pods.
+
+Names are deterministic (`<infd>-<pool>`, `<infd>-<pool>-warm`, Service `<infd>`) so a restarted operator
+finds, rather than duplicates, what an earlier run created; owner references on every object let the
+garbage collector cascade a deletion; labels follow docs/metrics.md so dashboards and the scraper can select.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from infleet import __version__
+
+Role = Literal["serving", "warm"]
+Device = Literal["cuda", "neuron", "xla", "cpu"]
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "infleet"
+LABEL_DEPLOYMENT = "infleet.io/deployment"
+LABEL_POOL = "infleet.io/pool"
+LABEL_ROLE = "infleet.io/role"
+ANNOTATION_MODEL = "infleet.io/model"
+WORKER_PORT = 8000
+
+# Image per device family; `--image-repository`/`--image-tag` (or a model's runtime override) replace them.
+IMAGE_SUFFIX: Mapping[str, str] = {"cuda": "cuda", "neuron": "neuron", "xla": "tpu", "cpu": "cpu"}
+DEFAULT_IMAGE_REPOSITORY = "ghcr.io/infleet/worker"
+
+_MAX_NAME = 63  # a DNS label: the Service name must be one, and pod names derive from Deployment names
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The InferenceDeployment every rendered object belongs to."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class PoolRuntime:
+    """What a worker pod needs from its AcceleratorPool to land on (and only on) that pool's nodes."""
+
+    name: str
+    device: Device
+    node_selector: Mapping[str, str]
+    tolerations: Sequence[Mapping[str, Any]] = ()
+    resource_name: str | None = None  # extended resource, e.g. "nvidia.com/gpu"; None for CPU pools
+    devices_per_replica: int = 0
+
+
+@dataclass(frozen=True)
+class RuntimeOverride:
+    """Per-family overrides from the model spec (image, extra args, env, resources)."""
+
+    image: str | None = None
+    args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    requests: Mapping[str, str] = field(default_factory=dict)
+    limits: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One (deployment, pool, role) group of identical worker pods."""
+
+    owner: Owner
+    pool: PoolRuntime
+    role: Role
+    replicas: int
+    model: str
+    runtime: RuntimeOverride = field(default_factory=RuntimeOverride)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    repository: str = DEFAULT_IMAGE_REPOSITORY
+    tag: str = __version__
+
+    def image_for(self, device: str) -> str:
+        return f"{self.repository}-{IMAGE_SUFFIX[device]}:{self.tag}"
+
+
+def _bounded(name: str) -> str:
+    """Keep `name` a DNS label: long names keep a readable prefix plus a stable hash of the whole."""
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[: _MAX_NAME - 11].rstrip('-')}-{digest}"
+
+
+def workload_name(deployment: str, pool: str, role: Role) -> str:
+    base = f"{deployment}-{pool}"
+    return _bounded(base if role == "serving" else f"{base}-warm")
+
+
+def service_name(deployment: str) -> str:
+    return _bounded(deployment)
+
+
+def selector_labels(deployment: str, pool: str | None = None, role: Role | None = None) -> dict[str, str]:
+    labels = {MANAGED_BY: MANAGER, LABEL_DEPLOYMENT: deployment}
+    if pool is not None:
+        labels[LABEL_POOL] = pool
+    if role is not None:
+        labels[LABEL_ROLE] = role
+    return labels
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[str, Any]:
+    images = images or ImageConfig()
+    labels = selector_labels(w.owner.name, w.pool.name, w.role)
+    resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
+    if w.pool.resource_name and w.pool.devices_per_replica > 0:
+        count = str(w.pool.devices_per_replica)
+        resources["requests"][w.pool.resource_name] = count
+        resources["limits"][w.pool.resource_name] = count
+    resources["requests"].update(w.runtime.requests)
+    resources["limits"].update(w.runtime.limits)
+    args = [
+        "serve",
+        "--model",
+        w.model,
+        "--device",
+        w.pool.device,
+        "--port",
+        str(WORKER_PORT),
+        "--state",
+        w.role,
+        *w.runtime.args,
+    ]
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": w.runtime.image or images.image_for(w.pool.device),
+        "command": ["infleet-worker"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+        "env": [{"name": k, "value": v} for k, v in sorted(w.runtime.env.items())],
+        "resources": {k: v for k, v in resources.items() if v},
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "nodeSelector": dict(w.pool.node_selector),
+        "tolerations": [dict(t) for t in w.pool.tolerations],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": workload_name(w.owner.name, w.pool.name, w.role),
+            "namespace": w.owner.namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_MODEL: w.model},
+            "ownerReferences": [w.owner.reference()],
+        },
+        "spec": {
+            "replicas": w.replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {ANNOTATION_MODEL: w.model}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render_service(owner: Owner) -> dict[str, Any]:
+    """The deployment's one Service: only serving pods take traffic, whichever pool they run on."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(owner.name),
+            "namespace": owner.namespace,
+            "labels": selector_labels(owner.name),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "selector": selector_labels(owner.name, role="serving"),
+            "ports": [{"name": "http", "port": WORKER_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

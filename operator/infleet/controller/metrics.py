@@ -1,0 +1,124 @@
+"""The operator's own Prometheus series; names and labels are the contract in docs/metrics.md (Operator).
+
+They live in a private registry so tests and several operators in one process never collide, and a
+deployment that disappears takes its labelled series with it (`forget_deployment`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+RESULTS = ("success", "retry", "error", "permanent_error")
+REPLICA_STATES = ("desired", "ready", "warm")
+
+
+@dataclass
+class OperatorMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.reconcile_total = Counter("infleet_reconcile_total", "Reconciles run.", ["kind", "result"], registry=r)
+        self.reconcile_duration = Histogram(
+            "infleet_reconcile_duration_seconds", "Time per reconcile.", ["kind"], registry=r
+        )
+        self.deployment_replicas = Gauge(
+            "infleet_deployment_replicas",
+            "Replicas per deployment and pool.",
+            ["namespace", "deployment", "pool", "state"],
+            registry=r,
+        )
+        self.deployment_cost = Gauge(
+            "infleet_deployment_cost_per_hour_usd",
+            "Current hourly cost of the deployment's replicas (serving and warm).",
+            ["namespace", "deployment"],
+            registry=r,
+        )
+        self.slo_target = Gauge(
+            "infleet_deployment_slo_latency_target_seconds",
+            "Declared latency targets.",
+            ["namespace", "deployment", "slo"],
+            registry=r,
+        )
+        self.fleet_cost = Gauge("infleet_fleet_cost_per_hour_usd", "The whole fleet's hourly cost.", registry=r)
+        self.pool_saturated = Gauge(
+            "infleet_pool_saturated",
+            "1 while the pool is out of capacity and fallback is active.",
+            ["pool"],
+            registry=r,
+        )
+        self.scale_events = Counter(
+            "infleet_scale_events_total",
+            "Scaling decisions applied.",
+            ["namespace", "deployment", "pool", "direction"],
+            registry=r,
+        )
+        # What each deployment last reported, so stale pool series can be removed and the fleet cost summed.
+        self._pools: dict[tuple[str, str], set[str]] = {}
+        self._costs: dict[tuple[str, str], float] = {}
+        self._slos: dict[tuple[str, str], set[str]] = {}
+
+    def observe_reconcile(self, kind: str, result: str, seconds: float) -> None:
+        if result not in RESULTS:
+            raise ValueError(f"unknown reconcile result {result!r}; expected one of {RESULTS}")
+        self.reconcile_total.labels(kind=kind, result=result).inc()
+        self.reconcile_duration.labels(kind=kind).observe(seconds)
+
+    def set_deployment(
+        self,
+        namespace: str,
+        deployment: str,
+        replicas: Mapping[str, Mapping[str, int]],
+        cost_per_hour: float,
+        slo_targets: Mapping[str, float],
+    ) -> None:
+        """Publish one deployment's state; `replicas` is pool -> state (desired/ready/warm) -> count."""
+        key = (namespace, deployment)
+        for pool in self._pools.get(key, set()) - set(replicas):
+            for state in REPLICA_STATES:
+                self._remove(self.deployment_replicas, namespace, deployment, pool, state)
+        for pool, states in replicas.items():
+            for state in REPLICA_STATES:
+                self.deployment_replicas.labels(namespace, deployment, pool, state).set(states.get(state, 0))
+        self._pools[key] = set(replicas)
+        for slo in self._slos.get(key, set()) - set(slo_targets):
+            self._remove(self.slo_target, namespace, deployment, slo)
+        for slo, seconds in slo_targets.items():
+            self.slo_target.labels(namespace, deployment, slo).set(seconds)
+        self._slos[key] = set(slo_targets)
+        self.deployment_cost.labels(namespace, deployment).set(cost_per_hour)
+        self._costs[key] = cost_per_hour
+        self.fleet_cost.set(sum(self._costs.values()))
+
+    def forget_deployment(self, namespace: str, deployment: str) -> None:
+        key = (namespace, deployment)
+        for pool in self._pools.pop(key, set()):
+            for state in REPLICA_STATES:
+                self._remove(self.deployment_replicas, namespace, deployment, pool, state)
+        for slo in self._slos.pop(key, set()):
+            self._remove(self.slo_target, namespace, deployment, slo)
+        if self._costs.pop(key, None) is not None:
+            self._remove(self.deployment_cost, namespace, deployment)
+        self.fleet_cost.set(sum(self._costs.values()))
+
+    def set_saturated(self, saturated: Iterable[str], all_pools: Iterable[str]) -> None:
+        hot = set(saturated)
+        for pool in set(all_pools) | hot:
+            self.pool_saturated.labels(pool=pool).set(1 if pool in hot else 0)
+
+    def count_scale(self, namespace: str, deployment: str, pool: str, before: int, after: int) -> None:
+        if after != before:
+            direction = "up" if after > before else "down"
+            self.scale_events.labels(namespace, deployment, pool, direction).inc()
+
+    @staticmethod
+    def _remove(metric: Gauge, *labels: str) -> None:
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
