@@ -167,7 +167,7 @@ def _solve(
         return out, width
 
     cost = price * (1.0 + _PREFERENCE_EPSILON * pref)
-    options = {"time_limit": time_limit_s, "mip_rel_gap": 1e-7, "presolve": True}
+    options = {"time_limit": time_limit_s, "mip_rel_gap": 1e-6, "presolve": True}
 
     cons, _ = rows(with_shortfall=False)
     res = milp(cost, constraints=cons, integrality=np.ones(n), bounds=Bounds(0, upper), options=options)
