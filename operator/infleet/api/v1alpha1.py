@@ -201,8 +201,9 @@ class ModelSpec(KubeModel):
         Name, Immutable("model.name is immutable: create a new InferenceDeployment to serve another model")
     ] = Field(description="Model name, reported as the `model` label on metrics and served as the API model id.")
     source: Annotated[str, Field(min_length=1, max_length=2048)] = Field(
-        description="Where the worker loads the weights from, e.g. pvc://models/llama-3-8b, s3://bucket/path, "
-        "file:///models/x, or builtin://tiny for the built-in test model."
+        description="Where the worker loads the weights from: a URI such as pvc://claim/path, file:///models/x or "
+        "s3://bucket/prefix, or builtin://NAME for one of the worker's built-in random-weight shapes (tests, "
+        "benchmarks)."
     )
     task: Task = Field(
         default="text-generation",
