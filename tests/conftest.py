@@ -1,0 +1,66 @@
+"""Shared fixtures: the real cluster for tests marked ``cluster``.
+
+By default the session brings up the local control plane (``infleet-cluster up``; reused if already
+running, and stopped at the end only if this session started it). To run the same tests against kind or
+another cluster, set ``INFLEET_TEST_KUBECONFIG`` to its kubeconfig. A plain ``KUBECONFIG`` is deliberately
+ignored: a shell pointed at production must never receive test objects by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from infleet_devcluster.cluster import LocalCluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TestCluster:
+    """What cluster tests get: a kubeconfig, the pinned binaries, and a kubectl shortcut."""
+
+    __test__ = False  # not a test class, despite the name
+
+    kubeconfig: Path
+    local: LocalCluster
+
+    def binary(self, name: str) -> Path:
+        return self.local.binary(name)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.binary("kubectl")), "--kubeconfig", str(self.kubeconfig), *args]
+        res = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and res.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
+        return res
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[TestCluster]:
+    local = LocalCluster()
+    external = os.environ.get("INFLEET_TEST_KUBECONFIG")
+    if external:
+        yield TestCluster(Path(external), local)
+        return
+    started_here = not local.is_running()
+    local.up()
+    try:
+        yield TestCluster(local.layout.kubeconfig, local)
+    finally:
+        if started_here and not os.environ.get("INFLEET_KEEP_CLUSTER"):
+            local.down(quiet=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Cluster tests run last, so a broken cluster can't hide unit-test results behind its errors."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
