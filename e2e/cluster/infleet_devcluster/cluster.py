@@ -22,7 +22,7 @@ import httpx
 import yaml
 
 from infleet_devcluster import nodepools, pki, processes
-from infleet_devcluster.config import PACKAGE_DIR, Versions, load_versions
+from infleet_devcluster.config import PACKAGE_DIR, Versions, cache_dir, load_versions
 from infleet_devcluster.tools import binary_path, ensure_tools
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -43,8 +43,6 @@ def default_state_dir() -> Path:
     repo = PACKAGE_DIR.parents[2]
     if (repo / "pyproject.toml").exists() and (repo / "e2e").is_dir():
         return repo / ".cache" / "cluster"
-    from infleet_devcluster.config import cache_dir
-
     return cache_dir() / "cluster"
 
 

@@ -133,11 +133,9 @@ def _run(cmd: Sequence[str], cwd: Path, log: Path, env: dict[str, str], what: st
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
         assert proc.stdout is not None
-        count = 0
         last = 0.0
-        for line in proc.stdout:
+        for count, line in enumerate(proc.stdout, start=1):
             fh.write(line)
-            count += 1
             now = time.monotonic()
             if now - last > 5:  # a cold build prints thousands of lines; a heartbeat is enough
                 progress(f"  {what}: {count} steps, {now - started:.0f}s ({line.strip()[:70]})")
@@ -207,7 +205,9 @@ def build_tool(tool: Tool, progress: Callable[[str], None]) -> list[Path]:
     return targets
 
 
-def ensure_tools(v: Versions, only: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+def ensure_tools(
+    v: Versions, only: Sequence[str] = (), progress: Callable[[str], None] | None = None
+) -> dict[str, Path]:
     """Build what is missing and return binary name -> path for every pinned binary."""
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     paths: dict[str, Path] = {}

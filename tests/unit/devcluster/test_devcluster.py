@@ -122,8 +122,8 @@ def test_pool_file_errors_name_the_pool_and_field() -> None:
         parse_pools("pools:\n- name: x\n  instanceType: a\n  capacityType: spot\n  allocatable: {}\n")
     with pytest.raises(PoolFileError, match="capacityType must be one of"):
         parse_pools("pools:\n- {name: x, count: 1, instanceType: a, capacityType: reserved, allocatable: {}}\n")
+    doc = "- {name: x, count: 1, instanceType: a, capacityType: spot, allocatable: {cpu: 1, memory: 1, pods: 1}}\n"
     with pytest.raises(PoolFileError, match="duplicate pool name"):
-        doc = "- {name: x, count: 1, instanceType: a, capacityType: spot, allocatable: {cpu: 1, memory: 1, pods: 1}}\n"
         parse_pools("pools:\n" + doc + doc)
 
 
