@@ -132,10 +132,11 @@ def _default(field: FieldInfo) -> Any:
     """The schema default for a field, or None when the apiserver should not default it."""
     if field.default_factory is not None:
         factory = field.default_factory
-        # An optional section that is all defaults: default it to {} so its own defaults apply and CEL rules
-        # can read its fields without has().
+        # An optional section that is all defaults defaults to its fully defaulted form, so CEL rules can read
+        # its fields without has(). (The apiserver checks a default against the rules as written: a bare {}
+        # would fail them, because nested defaults are not applied to the default itself.)
         if isinstance(factory, type) and issubclass(factory, KubeModel):
-            return {}
+            return factory().to_dict()
         return None
     default = field.get_default()
     if isinstance(default, str | int | float | bool) and default is not None:
@@ -152,7 +153,8 @@ def object_schema(cls: type[BaseModel], *, in_status: bool = False) -> Schema:
         if not field.description:
             raise SchemaError(f"{cls.__name__}.{name} needs a description (kubectl explain shows it)")
         if key == "metadata":
-            properties[key] = {"type": "object", "description": field.description}
+            # The apiserver owns ObjectMeta's schema and rejects anything here but name/generateName rules.
+            properties[key] = {"type": "object"}
             continue
         child_status = in_status or key == "status"
         schema = {"description": field.description}
