@@ -62,8 +62,10 @@ class PoolRuntime:
     device: Device
     node_selector: Mapping[str, str]
     tolerations: Sequence[Mapping[str, Any]] = ()
-    resource_name: str | None = None  # extended resource, e.g. "nvidia.com/gpu"; None for CPU pools
+    resource_name: str | None = None  # e.g. "nvidia.com/gpu", or "cpu" for a CPU pool
     devices_per_replica: int = 0
+    units_per_device: int = 1  # resource units in one device (a CPU pool's device is a slice of N vCPUs)
+    default_requests: Mapping[str, str] = field(default_factory=dict)  # e.g. memory for the worker process
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,9 @@ def label_selector(labels: Mapping[str, str]) -> str:
 def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[str, Any]:
     images = images or ImageConfig()
     labels = selector_labels(w.owner.name, w.pool.name, w.role)
-    resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
+    resources: dict[str, dict[str, str]] = {"requests": dict(w.pool.default_requests), "limits": {}}
     if w.pool.resource_name and w.pool.devices_per_replica > 0:
-        count = str(w.pool.devices_per_replica)
+        count = str(w.pool.devices_per_replica * w.pool.units_per_device)
         resources["requests"][w.pool.resource_name] = count
         resources["limits"][w.pool.resource_name] = count
     resources["requests"].update(w.runtime.requests)

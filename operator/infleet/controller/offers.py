@@ -1,0 +1,166 @@
+"""InferenceDeployment + AcceleratorPools + capacity -> the policy's PlacementRequest.
+
+An adapter the operator owns (the policy's types are plain numbers; the API speaks profiles, families and
+spot policies). A pool's per-replica capacity comes from its performance profile for the model (by name, then
+by model class); a profile measured at a latency bound looser than the SLO cannot promise the SLO, so that pool
+offers no capacity. Without any profile a pool is usable only when the deployment declares no expected load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from infleet.api import AcceleratorPool, InferenceDeployment, PerformanceProfile
+from infleet.policy import PlacementRequest, PoolOffer
+
+# Capacity unit of a deployment that declares no load: one "request per second" per replica, so replicas come
+# from minReplicas / scaling.replicas alone.
+NOMINAL_CAPACITY = 1.0
+MEMORY_UTILIZATION = 0.9
+
+
+@dataclass(frozen=True)
+class PoolChoice:
+    """How one pool would run this deployment, or why it cannot."""
+
+    pool: AcceleratorPool
+    devices_per_replica: int
+    capacity_rps: float
+    profile: PerformanceProfile | None
+    why_not: str = ""
+
+
+def find_profile(pool: AcceleratorPool, infd: InferenceDeployment) -> PerformanceProfile | None:
+    model = infd.spec.model
+    profiles = pool.spec.performance_profiles
+    exact = [p for p in profiles if p.model == model.name]
+    if exact:
+        return exact[0]
+    if model.model_class:
+        by_class = [p for p in profiles if p.model_class == model.model_class]
+        if by_class:
+            return by_class[0]
+    return None
+
+
+def demand_unit(infd: InferenceDeployment) -> tuple[float, str]:
+    """The deployment's declared load and its unit ("rps", "tps" or "none")."""
+    throughput = infd.spec.slo.throughput
+    if throughput is not None and throughput.requests_per_second is not None:
+        return throughput.requests_per_second, "rps"
+    if throughput is not None and throughput.tokens_per_second is not None:
+        return throughput.tokens_per_second, "tps"
+    return 0.0, "none"
+
+
+def choose(pool: AcceleratorPool, infd: InferenceDeployment) -> PoolChoice:
+    acc = pool.spec.accelerator
+    footprint = infd.spec.model.footprint_gib()
+    profile = find_profile(pool, infd)
+    if profile is not None:
+        devices = profile.devices_per_replica
+    else:
+        devices = max(1, math.ceil(footprint / (acc.memory_gib_per_device * MEMORY_UTILIZATION)))
+    if devices > acc.devices_per_node:
+        return PoolChoice(
+            pool, devices, 0.0, profile, f"needs {devices} devices per replica, nodes have {acc.devices_per_node}"
+        )
+    if footprint > devices * acc.memory_gib_per_device * MEMORY_UTILIZATION:
+        return PoolChoice(
+            pool,
+            devices,
+            0.0,
+            profile,
+            f"model needs {footprint:.3g} GiB, {devices} device(s) hold {devices * acc.memory_gib_per_device:g} GiB",
+        )
+    _, unit = demand_unit(infd)
+    if unit == "none":
+        return PoolChoice(pool, devices, NOMINAL_CAPACITY, profile)
+    if profile is None:
+        return PoolChoice(pool, devices, 0.0, None, "no performance profile for this model")
+    if profile.latency_bound_ms > infd.spec.slo.p99_latency_ms:
+        return PoolChoice(
+            pool,
+            devices,
+            0.0,
+            profile,
+            f"profiled at p99 {profile.latency_bound_ms} ms, SLO is {infd.spec.slo.p99_latency_ms} ms",
+        )
+    capacity = profile.requests_per_second if unit == "rps" else profile.tokens_per_second
+    if capacity is None:
+        return PoolChoice(
+            pool, devices, 0.0, profile, f"profile has no {'requestsPerSecond' if unit == 'rps' else 'tokensPerSecond'}"
+        )
+    return PoolChoice(pool, devices, capacity, profile)
+
+
+def candidate_pools(
+    infd: InferenceDeployment, pools: Mapping[str, AcceleratorPool]
+) -> tuple[list[AcceleratorPool], list[str]]:
+    """Pools this deployment may use (allowed by name and family), and names it references that do not exist."""
+    spec = infd.spec
+    families = set(spec.allowed_families())
+    named = spec.placement.pools
+    missing = [n for n in (named or []) if n not in pools]
+    missing += [n for n in (spec.placement.preference or []) if n not in pools and n not in missing]
+    chosen = [
+        p
+        for name, p in sorted(pools.items())
+        if (named is None or name in named) and p.spec.accelerator.family in families
+    ]
+    return chosen, missing
+
+
+def build_request(
+    infd: InferenceDeployment,
+    choices: list[PoolChoice],
+    free_devices: Mapping[str, int],
+    current: Mapping[str, int],
+    replicas_override: int | None = None,
+) -> PlacementRequest:
+    spec = infd.spec
+    demand, _ = demand_unit(infd)
+    preference = {name: rank for rank, name in enumerate(spec.placement.preference or [])}
+    spot = spec.placement.spot
+    offers = []
+    for c in choices:
+        name = c.pool.metadata.name or ""
+        capacity_type = c.pool.spec.capacity_type
+        rank = preference.get(name, len(preference))
+        if spot == "Preferred" and capacity_type == "on-demand":
+            rank += 1000
+        offers.append(
+            PoolOffer(
+                pool=name,
+                accelerator=c.pool.spec.accelerator.product,
+                capacity_type=capacity_type,
+                price_per_device_hour=c.pool.spec.price_per_device_hour_usd,
+                devices_per_replica=c.devices_per_replica,
+                device_memory_gib=c.pool.spec.accelerator.memory_gib_per_device,
+                free_devices=free_devices.get(name, 0),
+                replica_capacity_rps=c.capacity_rps,
+                cold_start_s=float(c.pool.spec.cold_start_seconds),
+                preference=rank,
+                current_replicas=current.get(name, 0),
+            )
+        )
+    scaling = spec.scaling
+    min_replicas, max_replicas = scaling.min_replicas, scaling.max_replicas
+    if replicas_override is not None:
+        min_replicas = max_replicas = max(scaling.min_replicas, min(replicas_override, scaling.max_replicas))
+    max_spot = 0.0 if spot == "Never" else 1.0
+    if spec.placement.min_on_demand_replicas and max_replicas:
+        max_spot = min(max_spot, 1.0 - spec.placement.min_on_demand_replicas / max(max_replicas, 1))
+    return PlacementRequest(
+        deployment=infd.metadata.name or "",
+        demand_rps=demand,
+        model_memory_gib=spec.model.footprint_gib(),
+        offers=tuple(offers),
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        max_spot_fraction=max(0.0, max_spot),
+        budget_per_hour=spec.cost.max_hourly_cost_usd,
+        memory_utilization=MEMORY_UTILIZATION,
+    )
