@@ -31,7 +31,11 @@ def parse_quantity(value: str | int | float) -> float:
     match = _QUANTITY.match(value.strip())
     if not match or match.group(2) not in _SUFFIX:
         raise ValueError(f"not a Kubernetes quantity: {value!r}")
-    return float(match.group(1)) * _SUFFIX[match.group(2)]
+    try:
+        number = float(match.group(1))
+    except ValueError:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}") from None
+    return number * _SUFFIX[match.group(2)]
 
 
 def parse_time(value: str | None) -> datetime | None:

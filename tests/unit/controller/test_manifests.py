@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from infleet.controller.manifests import (
+    ImageConfig,
+    Owner,
+    PoolRuntime,
+    RuntimeOverride,
+    Workload,
+    render_deployment,
+    render_service,
+    service_name,
+    workload_name,
+)
+
+OWNER = Owner("infleet.io/v1alpha1", "InferenceDeployment", "chat", "team-a", "uid-1")
+L4 = PoolRuntime(
+    name="l4-spot",
+    device="cuda",
+    node_selector={"karpenter.sh/nodepool": "l4-spot"},
+    tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+    resource_name="nvidia.com/gpu",
+    devices_per_replica=2,
+    default_requests={"memory": "2Gi"},
+)
+
+
+def test_names_are_deterministic_and_role_specific() -> None:
+    assert workload_name("chat", "l4-spot", "serving") == "chat-l4-spot"
+    assert workload_name("chat", "l4-spot", "warm") == "chat-l4-spot-warm"
+    assert service_name("chat") == "chat"
+
+
+def test_long_names_stay_dns_labels_and_distinct() -> None:
+    a = workload_name("x" * 60, "pool-a", "serving")
+    b = workload_name("x" * 60, "pool-b", "serving")
+    assert len(a) <= 63 and len(b) <= 63
+    assert a != b
+    assert a == workload_name("x" * 60, "pool-a", "serving")
+
+
+def test_deployment_lands_only_on_its_pool_with_devices_requested() -> None:
+    d = render_deployment(Workload(OWNER, L4, "serving", 3, "llama-3-8b"))
+    assert d["metadata"]["name"] == "chat-l4-spot"
+    assert d["metadata"]["namespace"] == "team-a"
+    assert d["spec"]["replicas"] == 3
+    labels = {
+        "app.kubernetes.io/managed-by": "infleet",
+        "infleet.io/deployment": "chat",
+        "infleet.io/pool": "l4-spot",
+        "infleet.io/role": "serving",
+    }
+    assert d["spec"]["selector"]["matchLabels"] == labels
+    assert d["spec"]["template"]["metadata"]["labels"] == labels
+    pod = d["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"karpenter.sh/nodepool": "l4-spot"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    c = pod["containers"][0]
+    assert c["resources"]["requests"] == {"memory": "2Gi", "nvidia.com/gpu": "2"}
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert c["command"] == ["infleet-worker"]
+    assert c["args"][:9] == [
+        "serve",
+        "--model",
+        "llama-3-8b",
+        "--device",
+        "cuda",
+        "--port",
+        "8000",
+        "--state",
+        "serving",
+    ]
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["image"] == "ghcr.io/infleet/worker-cuda:0.1.0"
+
+
+def test_owner_reference_makes_deletion_cascade() -> None:
+    d = render_deployment(Workload(OWNER, L4, "warm", 1, "m"))
+    (ref,) = d["metadata"]["ownerReferences"]
+    assert ref == {
+        "apiVersion": "infleet.io/v1alpha1",
+        "kind": "InferenceDeployment",
+        "name": "chat",
+        "uid": "uid-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert d["metadata"]["name"] == "chat-l4-spot-warm"
+    assert "--state" in d["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert d["spec"]["template"]["spec"]["containers"][0]["args"][8] == "warm"
+
+
+def test_runtime_override_replaces_image_and_merges_resources() -> None:
+    runtime = RuntimeOverride(
+        image="registry.example/llm:cuda12", args=("--max-batch", "64"), env={"A": "1"}, requests={"memory": "16Gi"}
+    )
+    d = render_deployment(Workload(OWNER, L4, "serving", 1, "m", runtime), ImageConfig("my/worker", "dev"))
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "registry.example/llm:cuda12"
+    assert c["args"][-2:] == ["--max-batch", "64"]
+    assert c["env"] == [{"name": "A", "value": "1"}]
+    assert c["resources"]["requests"] == {"memory": "16Gi", "nvidia.com/gpu": "2"}
+
+
+def test_cpu_pool_requests_vcpus_of_its_slices_and_configured_image() -> None:
+    cpu = PoolRuntime("cpu-spot", "cpu", {"karpenter.sh/nodepool": "cpu-spot"}, (), "cpu", 1, units_per_device=8)
+    d = render_deployment(Workload(OWNER, cpu, "serving", 1, "m"), ImageConfig("my/worker", "dev"))
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["requests"] == {"cpu": "8"}
+    assert c["image"] == "my/worker-cpu:dev"
+    assert d["spec"]["template"]["spec"]["tolerations"] == []
+
+
+def test_service_selects_only_serving_pods() -> None:
+    s = render_service(OWNER)
+    assert s["spec"]["selector"] == {
+        "app.kubernetes.io/managed-by": "infleet",
+        "infleet.io/deployment": "chat",
+        "infleet.io/role": "serving",
+    }
+    assert s["spec"]["ports"][0]["targetPort"] == "http"
+    assert s["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
