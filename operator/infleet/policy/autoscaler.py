@@ -36,6 +36,7 @@ class LoadObservation:
     in_flight: int = 0
     p99_latency_s: float | None = None
     mean_service_time_s: float | None = None
+    ready_capacity_rps: float | None = None
 
     def __post_init__(self) -> None:
         if self.arrival_rate_rps < 0 or self.queue_depth < 0 or self.in_flight < 0:
@@ -107,7 +108,9 @@ def forecast_rate(history: tuple[tuple[float, float], ...], horizon_s: float) ->
         return last
     slope = sum((t - mean_t) * (y - mean_y) for t, y in history) / var
     fitted_now = mean_y + slope * (last_t - mean_t)
-    return max(last, fitted_now + max(0.0, slope) * horizon_s)
+    # A trend is a guess: never forecast more than half again the highest rate actually seen in the window.
+    ceiling = 1.5 * max(y for _, y in history)
+    return max(last, min(ceiling, fitted_now + max(0.0, slope) * horizon_s))
 
 
 def decide(config: AutoscalerConfig, state: AutoscalerState, obs: LoadObservation) -> ScalingDecision:
@@ -125,14 +128,16 @@ def decide(config: AutoscalerConfig, state: AutoscalerState, obs: LoadObservatio
     if obs.mean_service_time_s and obs.mean_service_time_s > 0:
         demand = max(demand, obs.in_flight / obs.mean_service_time_s)
     raw = demand / config.target_utilization
-    # Backlog: drain the queue within the latency target (or one decision period, if longer).
-    raw += obs.queue_depth / max(config.latency_target_s, config.decision_period_s)
+    # Backlog: drain the queue within the latency target (or one decision period, if longer); at most as much
+    # again as the demand, since capacity ordered now lands only after the provisioning delay.
+    raw += min(demand, obs.queue_depth / max(config.latency_target_s, config.decision_period_s))
     reason = f"demand {demand:.3g} rps at {config.target_utilization:.0%} utilisation, queue {obs.queue_depth}"
     # Tail latency over target *while requests queue* means too little capacity, whatever the rate says.
     if obs.p99_latency_s is not None and obs.queue_depth > 0 and obs.p99_latency_s > config.latency_target_s:
         boost = min(2.0, obs.p99_latency_s / config.latency_target_s)
-        if current * boost > raw:
-            raw = current * boost
+        base = current if obs.ready_capacity_rps is None else obs.ready_capacity_rps
+        if base * boost > raw:
+            raw = base * boost
             reason = f"p99 {obs.p99_latency_s:.3g}s over {config.latency_target_s:g}s target with a queue"
     if current > 0 and raw > current * config.max_scale_up_factor:
         raw = current * config.max_scale_up_factor

@@ -93,8 +93,12 @@ def plan_warm_pool(
     spent = 0.0
     burst_total = 0.0
     needed = 0.0
+    span = history[-1][0] - history[0][0] if history else 0.0
     for offer in usable:
         burst = burst_rise(history, offer.cold_start_s)
+        if span < offer.cold_start_s and history:
+            # Not yet a cold start's worth of history: assume the load may double.
+            burst = max(burst, max(r for _, r in history))
         burst_total = max(burst_total, burst)
         needed = max(needed, burst / config.target_utilization)
     covered = 0.0

@@ -1,0 +1,93 @@
+"""From the simulated fleet to the policy core's snapshot types: per-pool SLO capacity for a request mix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from infleet.policy.types import PlacementRequest, PoolOffer
+from infleet.sim.fleet import SimFleet, SimPool
+from infleet.sim.trace import Trace
+
+
+@dataclass(frozen=True)
+class Mix:
+    """The request mix capacity is computed for: mean prompt and output lengths and the 99th-percentile prompt."""
+
+    mean_prompt: float
+    mean_gen: float
+    tail_prompt: float
+    prompt_sq_mean: float | None = None
+
+    @staticmethod
+    def of(trace: Trace) -> Mix:
+        if not len(trace):
+            return Mix(1.0, 1.0, 1.0)
+        return Mix(
+            float(np.mean(trace.prompt_tokens)),
+            float(np.mean(trace.gen_tokens)),
+            float(np.percentile(trace.prompt_tokens, 99)),
+            float(np.mean(trace.prompt_tokens.astype(float) ** 2)),
+        )
+
+
+def pool_capacity(fleet: SimFleet, pool: SimPool, mix: Mix) -> float:
+    dep = fleet.deployment
+    return pool.service.capacity_rps(
+        mix.mean_prompt,
+        mix.mean_gen,
+        ttft_target_s=dep.ttft_s,
+        tpot_target_s=dep.tpot_s,
+        tail_prompt=mix.tail_prompt,
+        prompt_sq_mean=mix.prompt_sq_mean,
+    )
+
+
+def offers(
+    fleet: SimFleet,
+    mix: Mix,
+    *,
+    current: dict[str, int] | None = None,
+    caps: dict[str, int] | None = None,
+    pools: tuple[str, ...] | None = None,
+    used_devices: dict[str, int] | None = None,
+) -> tuple[PoolOffer, ...]:
+    """PoolOffers for the fleet's pools; ``caps`` bounds replicas per pool, ``used_devices`` are taken already."""
+    out = []
+    for p in fleet.pools:
+        if pools is not None and p.name not in pools:
+            continue
+        free = p.devices - (used_devices or {}).get(p.name, 0)
+        out.append(
+            PoolOffer(
+                pool=p.name,
+                accelerator=p.product,
+                capacity_type=p.capacity_type,
+                price_per_device_hour=p.price_per_device_hour,
+                devices_per_replica=p.devices_per_replica,
+                device_memory_gib=p.device_memory_gib,
+                free_devices=max(0, free),
+                replica_capacity_rps=pool_capacity(fleet, p, mix),
+                cold_start_s=p.cold_start_s,
+                max_replicas=None if caps is None else caps.get(p.name, 0),
+                current_replicas=(current or {}).get(p.name, 0),
+            )
+        )
+    return tuple(out)
+
+
+def request(
+    fleet: SimFleet, demand_rps: float, offered: tuple[PoolOffer, ...], *, min_replicas: int | None = None
+) -> PlacementRequest:
+    dep = fleet.deployment
+    return PlacementRequest(
+        deployment=dep.name,
+        demand_rps=max(0.0, demand_rps),
+        model_memory_gib=dep.model_memory_gib,
+        offers=offered,
+        min_replicas=dep.min_replicas if min_replicas is None else min_replicas,
+        max_replicas=dep.max_replicas,
+        max_spot_fraction=dep.max_spot_fraction,
+        budget_per_hour=dep.budget_per_hour,
+    )

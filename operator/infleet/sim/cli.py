@@ -1,0 +1,89 @@
+"""`infleet simulate`: replay a request trace on a fleet under one policy or all of them, and report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from infleet.sim.engine import SimResult, Simulation
+from infleet.sim.fleet import load_fleet
+from infleet.sim.oracle import oracle
+from infleet.sim.policies import POLICIES, make
+from infleet.sim.report import plot, summarize, table, write_report
+from infleet.sim.trace import ATTRIBUTION, load_trace
+
+_HERE = Path(__file__).resolve().parent
+_REPO = _HERE.parents[2]
+DEFAULT_POOLS = _REPO / "examples" / "pools.yaml"
+DEFAULT_TRACE = _REPO.parent / "shared" / "traces" / "azure-llm-2023-conv.csv"
+
+
+def default_deployment(trace: Path) -> Path:
+    """The bundled deployment that suits the trace: ``code.yaml`` for code traces, ``chat.yaml`` otherwise."""
+    return _HERE / "examples" / ("code.yaml" if "code" in trace.name else "chat.yaml")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="replay a request trace on a fleet and compare scaling policies (cost, SLO attainment)",
+        description="Discrete-event replay of a request trace on AcceleratorPools and an InferenceDeployment.",
+    )
+    p.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="CSV: TIMESTAMP,ContextTokens,GeneratedTokens")
+    p.add_argument("--pools", type=Path, nargs="+", default=[DEFAULT_POOLS], help="YAML with AcceleratorPools")
+    p.add_argument("--deployment", type=Path, help="YAML with the InferenceDeployment (default: bundled, per trace)")
+    p.add_argument("--name", help="which InferenceDeployment in --deployment, when it holds several")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--policy", choices=sorted(POLICIES), default="infleet")
+    which.add_argument("--compare", action="store_true", help="run every policy on the same input")
+    p.add_argument("--start", type=float, default=0.0, help="skip this many seconds of the trace")
+    p.add_argument("--duration", type=float, help="replay only this many seconds")
+    p.add_argument("--out", type=Path, default=Path("sim-out"), help="directory for report.json and plots")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        trace = load_trace(args.trace).window(args.start, args.duration)
+        deployment = args.deployment or default_deployment(args.trace)
+        fleet = load_fleet(list(args.pools), deployment, args.name)
+    except (OSError, ValueError) as exc:
+        print(f"infleet simulate: {exc}", file=sys.stderr)
+        return 2
+    if not len(trace):
+        print("infleet simulate: no requests in the chosen window", file=sys.stderr)
+        return 2
+    names = list(POLICIES) if args.compare else [args.policy]
+    bound = oracle(fleet, trace)
+    rows: list[dict[str, Any]] = []
+    results: list[SimResult] = []
+    started = time.perf_counter()
+    for name in names:
+        res = Simulation(fleet, trace, make(name)).run(progress=not args.quiet)
+        results.append(res)
+        rows.append(summarize(res, trace, bound.cost_usd))
+    elapsed = time.perf_counter() - started
+    print(f"\n{fleet.deployment.name} on {trace.name}: {len(trace)} requests over {trace.duration_s / 60:.1f} min")
+    print(table(rows))
+    print(f"({elapsed:.1f} s wall; {ATTRIBUTION})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_report(
+        args.out / "report.json",
+        rows,
+        {
+            "trace": str(args.trace),
+            "deployment": str(deployment),
+            "pools": [str(p) for p in args.pools],
+            "window_s": [args.start, trace.duration_s],
+            "oracle_cost_usd": bound.cost_usd,
+        },
+    )
+    if not args.no_plots:
+        plot(args.out / "simulation.png", results, fleet.deployment.ttft_s, f"{fleet.deployment.name} on {trace.name}")
+    print(f"wrote {args.out / 'report.json'}" + ("" if args.no_plots else f" and {args.out / 'simulation.png'}"))
+    return 0

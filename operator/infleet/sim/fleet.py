@@ -1,0 +1,156 @@
+"""The simulated fleet, read from the same YAML a user applies (AcceleratorPools and one InferenceDeployment)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from infleet.api import AcceleratorPool, InferenceDeployment, load_manifests
+from infleet.policy.types import CapacityType
+from infleet.sim.service import DEVICES, ServiceModel, device_key, roofline
+
+# An AcceleratorPool does not say how many nodes it has (its status does, at run time); the simulator assumes
+# this many devices per pool unless the pool sets maxDevices.
+DEFAULT_POOL_DEVICES = 64
+# Seconds to promote a warm (model-loaded) worker to serving: readiness flip plus endpoint propagation.
+PROMOTE_S = 2.0
+
+
+@dataclass(frozen=True)
+class SimPool:
+    name: str
+    family: str
+    product: str
+    capacity_type: CapacityType
+    price_per_device_hour: float
+    devices: int
+    devices_per_replica: int
+    device_memory_gib: float
+    cold_start_s: float
+    service: ServiceModel
+
+    @property
+    def replica_price_per_hour(self) -> float:
+        return self.price_per_device_hour * self.devices_per_replica
+
+    @property
+    def max_replicas(self) -> int:
+        return self.devices // self.devices_per_replica
+
+
+@dataclass(frozen=True)
+class SimDeployment:
+    name: str
+    model_memory_gib: float
+    parameters_billions: float
+    ttft_s: float | None
+    tpot_s: float | None
+    e2e_s: float | None
+    min_replicas: int
+    max_replicas: int
+    max_spot_fraction: float
+    budget_per_hour: float | None
+    warm_mode: str
+    warm_size: int | None
+    warm_max_cost_per_hour: float | None
+    scale_down_window_s: float
+    scale_to_zero_after_s: float
+
+    def meets(self, ttft: float, tpot: float, e2e: float) -> bool:
+        """Whether one request met every latency target the deployment declares."""
+        return (
+            (self.ttft_s is None or ttft <= self.ttft_s)
+            and (self.tpot_s is None or tpot <= self.tpot_s)
+            and (self.e2e_s is None or e2e <= self.e2e_s)
+        )
+
+
+@dataclass(frozen=True)
+class SimFleet:
+    pools: tuple[SimPool, ...]
+    deployment: SimDeployment
+
+    def pool(self, name: str) -> SimPool:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def _replica_devices(pool: AcceleratorPool, dep: InferenceDeployment, memory_gib: float) -> int:
+    """Devices per replica: the pool's matching performance profile, else the fewest devices the model fits."""
+    for prof in pool.spec.performance_profiles:
+        if prof.model == dep.spec.model.name or (
+            prof.model_class is not None and prof.model_class == dep.spec.model.model_class
+        ):
+            return prof.devices_per_replica
+    per_device = pool.spec.accelerator.memory_gib_per_device * 0.9
+    return max(1, math.ceil(memory_gib / per_device))
+
+
+def build_fleet(pools: list[AcceleratorPool], dep: InferenceDeployment) -> SimFleet:
+    spec = dep.spec
+    memory = spec.model.footprint_gib()
+    params = spec.model.parameters_billions or memory / 2.4  # bf16 x 1.2 overhead, inverted
+    allowed = set(spec.allowed_families())
+    sim_pools: list[SimPool] = []
+    for pool in pools:
+        ps = pool.spec
+        name = pool.metadata.name or "?"
+        if ps.accelerator.family not in allowed or (spec.placement.pools and name not in spec.placement.pools):
+            continue
+        devices_per_replica = _replica_devices(pool, dep, memory)
+        key = device_key(ps.accelerator.product, ps.accelerator.family)
+        service = roofline(DEVICES[key], devices_per_replica, params, ps.accelerator.memory_gib_per_device)
+        sim_pools.append(
+            SimPool(
+                name=name,
+                family=ps.accelerator.family,
+                product=ps.accelerator.product,
+                capacity_type=ps.capacity_type,
+                price_per_device_hour=ps.price_per_device_hour_usd,
+                devices=ps.max_devices if ps.max_devices is not None else DEFAULT_POOL_DEVICES,
+                devices_per_replica=devices_per_replica,
+                device_memory_gib=ps.accelerator.memory_gib_per_device,
+                cold_start_s=float(ps.cold_start_seconds),
+                service=service,
+            )
+        )
+    if not sim_pools:
+        raise ValueError(f"no AcceleratorPool offers a family deployment {dep.metadata.name!r} allows")
+    slo = spec.slo
+    text = spec.model.task == "text-generation"
+    spot = {"Never": 0.0, "Allowed": 1.0, "Preferred": 1.0}[spec.placement.spot]
+    sim_dep = SimDeployment(
+        name=dep.metadata.name or "deployment",
+        model_memory_gib=memory,
+        parameters_billions=params,
+        ttft_s=slo.ttft_p99_ms / 1000 if text and slo.ttft_p99_ms else None,
+        tpot_s=slo.tpot_p99_ms / 1000 if text and slo.tpot_p99_ms else None,
+        e2e_s=slo.p99_latency_ms / 1000,
+        min_replicas=spec.scaling.min_replicas,
+        max_replicas=spec.scaling.max_replicas,
+        max_spot_fraction=spot,
+        budget_per_hour=spec.cost.max_hourly_cost_usd,
+        warm_mode=spec.warm_pool.mode,
+        warm_size=spec.warm_pool.size,
+        warm_max_cost_per_hour=spec.warm_pool.max_hourly_cost_usd,
+        scale_down_window_s=float(spec.scaling.scale_down_stabilization_seconds),
+        scale_to_zero_after_s=float(spec.scaling.scale_to_zero_after_seconds),
+    )
+    return SimFleet(pools=tuple(sim_pools), deployment=sim_dep)
+
+
+def load_fleet(pool_files: list[Path], deployment_file: Path, deployment_name: str | None = None) -> SimFleet:
+    """Read AcceleratorPools and the InferenceDeployment to simulate from YAML files."""
+    manifests = [m for f in [*pool_files, deployment_file] for m in load_manifests(f)]
+    pools = [m for m in manifests if isinstance(m, AcceleratorPool)]
+    deps = [m for m in manifests if isinstance(m, InferenceDeployment)]
+    if deployment_name is not None:
+        deps = [d for d in deps if d.metadata.name == deployment_name]
+    if len(deps) != 1:
+        raise ValueError(f"need exactly one InferenceDeployment to simulate, found {len(deps)}")
+    if not pools:
+        raise ValueError("no AcceleratorPool in the given files")
+    return build_fleet(pools, deps[0])
