@@ -542,6 +542,19 @@ class Toleration(KubeModel):
         default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
     )
 
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value)",
+            message="a toleration with operator Exists takes no value",
+            check=lambda t: t.operator != "Exists" or t.value is None,
+        ),
+        Rule(
+            cel="has(self.key) || self.operator == 'Exists'",
+            message="a toleration without a key must use operator Exists (it then tolerates every taint)",
+            check=lambda t: t.key is not None or t.operator == "Exists",
+        ),
+    )
+
 
 class AcceleratorSpec(KubeModel):
     """The accelerator every node of the pool carries."""

@@ -94,6 +94,13 @@ def pools_(draw: st.DrawFn) -> dict[str, Any]:
         }
     )
     selector = draw(st.sampled_from([{}, {"karpenter.sh/nodepool": "x"}]))
+    toleration = _drop_none(
+        {
+            "key": draw(_maybe(st.just("nvidia.com/gpu"))),
+            "operator": draw(st.sampled_from(["Exists", "Equal"])),
+            "value": draw(_maybe(st.just("present"))),
+        }
+    )
     spec = {
         "nodeSelector": selector,
         "accelerator": accelerator,
