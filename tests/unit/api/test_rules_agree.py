@@ -107,6 +107,7 @@ def pools_(draw: st.DrawFn) -> dict[str, Any]:
         "capacityType": "spot",
         "pricePerDeviceHourUSD": 1.0,
         "performanceProfiles": [profile],
+        "tolerations": [toleration],
     }
     return {"apiVersion": "infleet.io/v1alpha1", "kind": "AcceleratorPool", "metadata": {"name": "p"}, "spec": spec}
 
