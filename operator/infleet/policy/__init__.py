@@ -17,7 +17,14 @@ Cost
 See ``docs/policy.md``.
 """
 
-from infleet.policy.autoscaler import AutoscalerConfig, AutoscalerState, LoadObservation, ScalingDecision, decide
+from infleet.policy.autoscaler import (
+    AutoscalerConfig,
+    AutoscalerState,
+    LoadObservation,
+    ScalingDecision,
+    calibrate_capacity,
+    decide,
+)
 from infleet.policy.cost import CostReport, ReplicaInterval, account, cost_per_million_tokens, hourly_cost
 from infleet.policy.placement import place, place_fleet
 from infleet.policy.types import (
@@ -47,6 +54,7 @@ __all__ = [
     "WarmPoolPlan",
     "WarmWorker",
     "account",
+    "calibrate_capacity",
     "cost_per_million_tokens",
     "decide",
     "hourly_cost",

@@ -187,3 +187,27 @@ def decide(config: AutoscalerConfig, state: AutoscalerState, obs: LoadObservatio
         last_active_s=last_active,
     )
     return ScalingDecision(desired_capacity_rps=desired, direction=direction, reason=reason, state=new_state)
+
+
+def calibrate_capacity(
+    factor: float,
+    p99_latency_s: float | None,
+    latency_target_s: float,
+    queue_depth: int,
+    *,
+    low: float = 0.5,
+    high: float = 2.0,
+) -> float:
+    """Correct profiled per-replica capacity by what the tail latency says, a little each decision.
+
+    Profiles are measured on another request mix; the live tail is the truth. Well under target with no queue:
+    replicas carry more than the profile claims (+5%). Near or over target: less (-10%, faster, because missing
+    the SLO costs more than a replica). Bounded to ``[low, high]`` so one odd window cannot run away.
+    """
+    if p99_latency_s is None:
+        return factor
+    if p99_latency_s > 0.9 * latency_target_s:
+        factor /= 1.1
+    elif p99_latency_s < 0.6 * latency_target_s and queue_depth == 0:
+        factor *= 1.05
+    return min(high, max(low, factor))

@@ -98,7 +98,7 @@ def plan_warm_pool(
         burst = burst_rise(history, offer.cold_start_s)
         if span < offer.cold_start_s and history:
             # Not yet a cold start's worth of history: assume the load may double.
-            burst = max(burst, max(r for _, r in history))
+            burst = max(burst, *(r for _, r in history))
         burst_total = max(burst_total, burst)
         needed = max(needed, burst / config.target_utilization)
     covered = 0.0

@@ -22,15 +22,19 @@ windows, delays and rules differ, and those are their documented defaults:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from infleet.policy import (
     AutoscalerConfig,
     AutoscalerState,
     LoadObservation,
+    PoolOffer,
     WarmPoolConfig,
+    calibrate_capacity,
     decide,
     place,
     plan_warm_pool,
@@ -60,6 +64,7 @@ class Infleet:
         self.state = AutoscalerState()
         self.rates: deque[tuple[float, float]] = deque()
         self.current: dict[str, int] = {}
+        self.calibration = 1.0
 
     def start(self, fleet: SimFleet, trace: Trace) -> Target:
         self.fleet = fleet
@@ -71,7 +76,7 @@ class Infleet:
         ttft = dep.ttft_s or dep.e2e_s or 1.0
         self.config = AutoscalerConfig(
             latency_target_s=ttft,
-            target_utilization=0.8,
+            target_utilization=0.9,
             decision_period_s=self.period_s,
             provision_delay_s=fastest,
             scale_down_window_s=dep.scale_down_window_s,
@@ -109,13 +114,23 @@ class Infleet:
         )
         return dict(plan.replicas)
 
+    def _offers(self, **kw: Any) -> tuple[PoolOffer, ...]:
+        return tuple(
+            dataclasses.replace(o, replica_capacity_rps=o.replica_capacity_rps * self.calibration)
+            for o in offers(self.fleet, self.mix, **kw)
+        )
+
     def step(self, obs: Observation) -> Target:
         self.mix = _mix(obs, self.mix)
         self.rates.append((obs.now, obs.arrival_rate_rps))
         while self.rates and obs.now - self.rates[0][0] > 1800:
             self.rates.popleft()
         current = dict(obs.serving)
-        offered = offers(self.fleet, self.mix, current=current)
+        if obs.ready == current:  # judge capacity only on a settled fleet
+            self.calibration = calibrate_capacity(
+                self.calibration, obs.p99_ttft_s, self.config.latency_target_s, obs.queue_depth
+            )
+        offered = self._offers(current=current)
         caps = {o.pool: o.replica_capacity_rps for o in offered}
         have = sum(caps.get(p, 0.0) * n for p, n in current.items())
         ready_cap = sum(caps.get(p, 0.0) * n for p, n in obs.ready.items())
@@ -143,9 +158,7 @@ class Infleet:
         if want > have + 1e-9:
             # Scale up without moving what runs: place only the missing capacity on what is left.
             used = {p.name: current.get(p.name, 0) * p.devices_per_replica for p in self.fleet.pools}
-            extra = place(
-                request(self.fleet, want - have, offers(self.fleet, self.mix, used_devices=used), min_replicas=0)
-            )
+            extra = place(request(self.fleet, want - have, self._offers(used_devices=used), min_replicas=0))
             target = dict(current)
             for p, n in extra.replicas.items():
                 target[p] = target.get(p, 0) + n
@@ -153,7 +166,7 @@ class Infleet:
                 target = dict(place(request(self.fleet, want, offered)).replicas)
         elif want < have - 1e-9 and not pending:
             # Scale down within what runs: the cheapest subset of current replicas that still covers the demand.
-            sub = place(request(self.fleet, want, offers(self.fleet, self.mix, current=current, caps=current)))
+            sub = place(request(self.fleet, want, self._offers(current=current, caps=current)))
             target = dict(sub.replicas)
         else:
             target = current

@@ -44,7 +44,10 @@ def summarize(result: SimResult, trace: Trace, oracle_cost: float) -> dict[str, 
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'policy':<12} {'requests':>8} {'SLO met':>8} {'p50 s':>7} {'p99 s':>7} {'cost $':>8} {'x oracle':>8} {'events':>6}"
+    head = (
+        f"{'policy':<12} {'requests':>8} {'SLO met':>8} {'p50 s':>7} {'p99 s':>7} {'cost $':>8} {'x oracle':>8}"
+        f" {'events':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(

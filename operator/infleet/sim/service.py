@@ -92,7 +92,8 @@ class ServiceModel:
         """Requests/s one replica sustains within the SLO for this request mix (0: it cannot meet the SLO).
 
         Prefill is a single server per replica, so its utilisation ``rho`` is capped where the 99th percentile of
-        the M/G/1 queueing delay stays within the TTFT target minus the tail prompt's own prefill: with the usual
+        the M/G/1 queueing delay stays within the TTFT target minus the mean prompt's own prefill (a pool whose
+        prefill of the 99th-percentile prompt alone exceeds the target cannot meet the SLO at all): with the usual
         exponential tail, ``P(W > x) = rho exp(-x rho / W)`` and the Pollaczek-Khinchine mean wait
         ``W = rho E[S^2] / (2 E[S] (1 - rho))``, so ``p99 = E[S^2] / (2 E[S] (1 - rho)) ln(100 rho)``.
         """
@@ -100,13 +101,13 @@ class ServiceModel:
         if batch < 1:
             return 0.0
         tail_s = tail_prompt / self.prefill_tokens_per_s
-        if ttft_target_s is not None and tail_s > 0.8 * ttft_target_s:
+        if ttft_target_s is not None and tail_s > ttft_target_s:
             return 0.0
         prefill_s = mean_prompt / self.prefill_tokens_per_s
         rho = utilization
         if ttft_target_s is not None and prefill_s > 0:
             second = (prompt_sq_mean if prompt_sq_mean else 2 * mean_prompt**2) / self.prefill_tokens_per_s**2
-            slack = max(0.0, 0.8 * ttft_target_s - tail_s)
+            slack = max(0.0, ttft_target_s - prefill_s)
             rho = min(rho, _max_utilization(second / (2 * prefill_s), slack))
         by_prefill = rho / prefill_s if prefill_s > 0 else math.inf
         by_decode = batch / (prefill_s + mean_gen * self.tpot(batch))
