@@ -28,6 +28,9 @@ _KINDS: dict[str, type[InferenceDeployment] | type[AcceleratorPool]] = {
 }
 
 
+_MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 class ManifestError(ValueError):
     """A manifest that is not a valid infleet object; ``problems`` lists (field path, reason) pairs."""
 
@@ -86,9 +89,14 @@ def parse_manifest(doc: Any, *, source: str = "<input>", index: int = 1) -> Mani
 def load_manifests(text_or_path: str | os.PathLike[str]) -> list[Manifest]:
     """Parse every document of a YAML stream (a path, or the YAML text itself) into typed objects.
 
-    A ``str`` is read as a path when it names an existing file and has no newline; otherwise it is YAML text.
+    A ``str`` is read as a path when it names an existing file and has no newline; otherwise it is YAML text
+    (a one-line ``*.yaml``/``*.yml``/``*.json`` name that does not exist raises FileNotFoundError rather than
+    being parsed as YAML).
     Empty documents are skipped. The first invalid document raises :class:`ManifestError`.
     """
+    looks_like_file = isinstance(text_or_path, str) and "\n" not in text_or_path
+    if looks_like_file and str(text_or_path).endswith(_MANIFEST_SUFFIXES) and not Path(text_or_path).is_file():
+        raise FileNotFoundError(f"{text_or_path}: no such manifest file")
     if isinstance(text_or_path, os.PathLike) or ("\n" not in text_or_path and Path(text_or_path).is_file()):
         source = os.fspath(text_or_path)
         text = Path(source).read_text(encoding="utf-8")

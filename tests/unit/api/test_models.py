@@ -183,8 +183,11 @@ def test_not_an_infleet_object(text: str, path: str, reason: str) -> None:
 def test_empty_documents_are_skipped_and_text_is_not_mistaken_for_a_path() -> None:
     assert load_manifests("---\n---\n") == []
     assert load_manifests("") == []
-    # A one-line string that is not a file is parsed as YAML, not opened.
-    with pytest.raises(ManifestError):
+    # A one-line string that is not a file is parsed as YAML, not opened ...
+    with pytest.raises(ManifestError, match="expected a mapping, got str"):
+        load_manifests("just-a-word")
+    # ... unless it is clearly a manifest file name: then the missing file is the error.
+    with pytest.raises(FileNotFoundError, match=r"no-such-file\.yaml: no such manifest file"):
         load_manifests("no-such-file.yaml")
 
 

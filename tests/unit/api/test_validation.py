@@ -4,7 +4,6 @@ real apiserver."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,7 +112,3 @@ def test_pools_file_cites_its_prices() -> None:
     assert "https://aws.amazon.com/ec2/pricing/on-demand/" in text
     assert "https://cloud.google.com/tpu/pricing" in text
     assert "NOT a quote" in text
-
-
-def test_invalid_case_file_is_where_the_integration_tests_look() -> None:
-    assert Path(ROOT / "tests/unit/api/invalid_manifests.yaml").is_file()
