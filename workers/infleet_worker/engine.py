@@ -1,0 +1,408 @@
+"""Continuous batching: a scheduler that admits, prefills, decodes and retires requests one step at a time.
+
+Each `step()` first spends a token budget on prefill (whole prompts, or the next chunk of a long one), then runs
+one decode token for every sequence in the running batch. Requests therefore join and leave the batch at every
+step, and a long prompt cannot stall the streams already decoding. The KV cache has a fixed number of slots:
+when all are taken, new requests wait in a bounded queue, and when that is full `submit` refuses them
+(`RequestRejected`), so overload turns into back-pressure instead of an out-of-memory crash.
+
+The engine runs in its own thread (`start`); `submit` and `abort` are thread-safe and results come back
+through a per-request sink callback, called on the engine thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from infleet_worker.runner import ModelRunner
+from infleet_worker.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class InvalidRequestError(ValueError):
+    """The request can never be served as asked (empty prompt, too long, bad sampling parameters)."""
+
+
+class RequestRejectedError(RuntimeError):
+    """The request is valid but the engine will not take it now (queue full, or draining)."""
+
+    def __init__(self, message: str, reason: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not 0.0 <= self.temperature <= 100.0:
+            raise InvalidRequestError(f"temperature must be in [0, 100], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise InvalidRequestError("stop sequences must be non-empty strings")
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """One event for a request: new text and tokens, and on the last event the finish reason."""
+
+    request_id: str
+    text_delta: str
+    token_ids: tuple[int, ...]
+    finished: bool
+    finish_reason: str | None  # stop | length | abort | error
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class FinishedRequest:
+    """Timings of a finished request, for the metrics observer."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    ttft_s: float | None
+    tpot_s: float | None
+
+
+class EngineObserver(Protocol):
+    def on_first_token(self, ttft_s: float) -> None: ...
+
+    def on_finished(self, req: FinishedRequest) -> None: ...
+
+    def on_rejected(self) -> None: ...
+
+    def on_step(self, batch_size: int, prefill_tokens: int, decode_tokens: int) -> None: ...
+
+
+Sink = Callable[[RequestOutput], None]
+
+
+@dataclass
+class EngineConfig:
+    num_slots: int = 8  # KV-cache slots = the largest running batch
+    max_seq_len: int = 512  # prompt + generated tokens per request
+    max_waiting: int = 256  # queued requests beyond which submit refuses
+    max_num_batched_tokens: int = 512  # per-step token budget (decode tokens + prefill tokens)
+    min_prefill_chunk: int = 32  # prefill progress per step even when decode uses the whole budget
+    retry_after_s: int = 1
+
+
+@dataclass
+class _Seq:
+    id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: Sink
+    arrival: float
+    slot: int = -1
+    cached: int = 0  # tokens whose keys/values are in the cache
+    output_ids: list[int] = field(default_factory=list)
+    first_token_at: float | None = None
+    emitted: int = 0  # characters of text already sent
+    text: str = ""  # committed output text
+    prefix_offset: int = 0  # incremental detokenization window (see Engine._detokenize)
+    read_offset: int = 0
+    done: bool = False
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, config: EngineConfig,
+                 observer: EngineObserver | None = None) -> None:
+        if config.num_slots > runner.cache.num_slots or config.max_seq_len > runner.cache.max_seq_len:
+            raise ValueError("engine config exceeds the runner's KV cache")
+        self.runner, self.tokenizer, self.cfg, self.observer = runner, tokenizer, config, observer
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []  # _running[i] lives in cache slot i
+        self._prefilling: _Seq | None = None  # at most one prompt is mid-way through chunked prefill
+        self._free_slots = list(range(config.num_slots))
+        self._aborts: set[str] = set()
+        self._cv = threading.Condition()
+        self._accepting = True
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._ids = itertools.count()
+        self.steps = 0
+
+    # ---- thread-safe API -------------------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink, request_id: str | None = None) -> str:
+        params.validate()
+        if not prompt_ids:
+            raise InvalidRequestError("prompt is empty")
+        total = len(prompt_ids) + params.max_tokens
+        if total > self.cfg.max_seq_len:
+            raise InvalidRequestError(
+                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) is {total}, over this "
+                f"worker's limit of {self.cfg.max_seq_len} tokens per request"
+            )
+        rid = request_id or f"req-{next(self._ids)}"
+        with self._cv:
+            if not self._accepting:
+                self._reject()
+                raise RequestRejectedError("worker is draining and admits no new requests", "draining",
+                                           self.cfg.retry_after_s)
+            if len(self._waiting) >= self.cfg.max_waiting:
+                self._reject()
+                raise RequestRejectedError(f"request queue is full ({self.cfg.max_waiting} waiting)", "queue_full",
+                                           self.cfg.retry_after_s)
+            self._waiting.append(_Seq(rid, list(prompt_ids), params, sink, time.monotonic()))
+            self._cv.notify()
+        return rid
+
+    def abort(self, request_id: str) -> None:
+        with self._cv:
+            self._aborts.add(request_id)
+            self._cv.notify()
+
+    def stop_admitting(self) -> None:
+        with self._cv:
+            self._accepting = False
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting) + (1 if self._prefilling is not None else 0)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def kv_usage(self) -> float:
+        return 1.0 - len(self._free_slots) / self.cfg.num_slots
+
+    def is_idle(self) -> bool:
+        with self._cv:
+            return not self._waiting and not self._running and self._prefilling is None
+
+    def is_alive(self) -> bool:
+        return self._thread is None or self._thread.is_alive()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self.is_idle():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def abort_all(self) -> None:
+        with self._cv:
+            self._aborts.update(s.id for s in self._waiting)
+            self._aborts.update(s.id for s in self._running)
+            if self._prefilling is not None:
+                self._aborts.add(self._prefilling.id)
+            self._cv.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="infleet-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # ---- engine thread ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stop or self._waiting or self._running or self._prefilling or self._aborts):
+                    self._cv.wait()
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception:
+                # A failing step must not take the process (and every other request) down: fail what was in
+                # flight, free the cache, keep serving.
+                log.exception("engine step failed; failing in-flight requests")
+                for seq in [*self._running, *([self._prefilling] if self._prefilling else [])]:
+                    self._finish(seq, "error")
+
+    def _reject(self) -> None:
+        if self.observer is not None:
+            self.observer.on_rejected()
+
+    def _apply_aborts(self) -> None:
+        with self._cv:
+            if not self._aborts:
+                return
+            ids, self._aborts = self._aborts, set()
+            queued = [s for s in self._waiting if s.id in ids]
+            for s in queued:
+                self._waiting.remove(s)
+        for s in [*queued, *[s for s in self._running if s.id in ids]]:
+            self._finish(s, "abort")
+        if self._prefilling is not None and self._prefilling.id in ids:
+            self._finish(self._prefilling, "abort")
+
+    def _admit(self) -> _Seq | None:
+        with self._cv:
+            if not self._waiting or not self._free_slots:
+                return None
+            seq = self._waiting.popleft()
+        seq.slot = self._free_slots.pop(self._free_slots.index(min(self._free_slots)))
+        return seq
+
+    def step(self) -> None:
+        """One scheduling step: prefill within the token budget, then one decode token per running sequence."""
+        self._apply_aborts()
+        budget = max(self.cfg.max_num_batched_tokens - len(self._running), self.cfg.min_prefill_chunk)
+        prefill_tokens, touched = 0, set()
+        while budget > 0:
+            seq = self._prefilling or self._admit()
+            if seq is None:
+                break
+            touched.add(seq.id)
+            n = min(budget, len(seq.prompt_ids) - seq.cached)
+            logits = self.runner.prefill(seq.prompt_ids[seq.cached : seq.cached + n], seq.cached, seq.slot)
+            seq.cached += n
+            budget -= n
+            prefill_tokens += n
+            if seq.cached < len(seq.prompt_ids):
+                self._prefilling = seq
+                break
+            self._prefilling = None
+            token = self.runner.sample(logits[None], [seq.params.temperature], [seq.params.top_p])[0]
+            self._join_running(seq)
+            self._append(seq, token)
+        batch = list(self._running)
+        if batch:
+            logits = self.runner.decode([s.output_ids[-1] for s in batch], [s.cached for s in batch])
+            tokens = self.runner.sample(logits, [s.params.temperature for s in batch],
+                                        [s.params.top_p for s in batch])
+            for s in batch:  # the cache grew for every row before any finish compacts the batch
+                s.cached += 1
+            for s, t in zip(batch, tokens, strict=True):
+                self._append(s, t)
+            touched.update(s.id for s in batch)
+        self.steps += 1
+        if self.observer is not None and touched:
+            self.observer.on_step(len(touched), prefill_tokens, len(batch))
+
+    def _join_running(self, seq: _Seq) -> None:
+        target = len(self._running)
+        if seq.slot != target:
+            # Only the sequence being prefilled holds a slot outside the running prefix, and that is `seq`.
+            self._free_slots.remove(target)
+            self.runner.cache.move(seq.slot, target, seq.cached)
+            self._free_slots.append(seq.slot)
+            seq.slot = target
+        self._running.append(seq)
+
+    def _append(self, seq: _Seq, token: int) -> None:
+        now = time.monotonic()
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+            if self.observer is not None:
+                self.observer.on_first_token(now - seq.arrival)
+        p = seq.params
+        reason: str | None = None
+        is_eos = not p.ignore_eos and token in self.tokenizer.eos_ids
+        seq.output_ids.append(token)
+        if not is_eos:
+            self._detokenize(seq)
+        text = seq.text
+        if is_eos:
+            reason = "stop"
+        hit = _find_stop(text, p.stop, max(0, seq.emitted - max((len(s) for s in p.stop), default=0)))
+        if hit is not None:
+            text, reason = text[:hit], "stop"
+        if reason is None and (len(seq.output_ids) >= p.max_tokens or seq.cached + 1 >= self.cfg.max_seq_len):
+            reason = "length"
+            # Flush bytes held back as an incomplete character: the stream ends here.
+            tail = self.tokenizer.decode(seq.output_ids[seq.prefix_offset :])
+            text += tail[len(self.tokenizer.decode(seq.output_ids[seq.prefix_offset : seq.read_offset])) :]
+            hit = _find_stop(text, p.stop, max(0, seq.emitted - max((len(s) for s in p.stop), default=0)))
+            if hit is not None:
+                text, reason = text[:hit], "stop"
+        if reason is None:
+            safe = len(text) - _held_back(text, p.stop)
+            delta = text[seq.emitted : safe] if safe > seq.emitted else ""
+        else:
+            delta = text[seq.emitted :]
+        seq.emitted += len(delta)
+        seq.sink(RequestOutput(seq.id, delta, (token,), reason is not None, reason, len(seq.prompt_ids),
+                               len(seq.output_ids)))
+        if reason is not None:
+            self._retire(seq, reason, now)
+
+    def _detokenize(self, seq: _Seq) -> None:
+        """Incremental decoding: decode only a short window of recent tokens, and commit text once it no longer
+        ends in an incomplete character (multi-token characters, merges that change leading spaces)."""
+        ids = seq.output_ids
+        prefix = self.tokenizer.decode(ids[seq.prefix_offset : seq.read_offset])
+        window = self.tokenizer.decode(ids[seq.prefix_offset :])
+        if len(window) > len(prefix) and not window.endswith("\ufffd"):
+            seq.text += window[len(prefix) :]
+            seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
+
+    def _finish(self, seq: _Seq, reason: str) -> None:
+        """End a request early (abort, error) with a final event."""
+        if seq.done:
+            return
+        seq.sink(RequestOutput(seq.id, "", (), True, reason, len(seq.prompt_ids), len(seq.output_ids)))
+        self._retire(seq, reason, time.monotonic())
+
+    def _retire(self, seq: _Seq, reason: str, now: float) -> None:
+        seq.done = True
+        if seq in self._running:
+            idx = self._running.index(seq)
+            last = self._running.pop()
+            if last is not seq:
+                # Keep the batch contiguous: move the last sequence into the freed slot.
+                self.runner.cache.move(last.slot, seq.slot, last.cached)
+                last.slot, seq.slot = seq.slot, last.slot
+                self._running[idx] = last
+        if self._prefilling is seq:
+            self._prefilling = None
+        if seq.slot >= 0:
+            self._free_slots.append(seq.slot)
+            seq.slot = -1
+        if self.observer is not None:
+            n = len(seq.output_ids)
+            tpot = None
+            if n > 1 and seq.first_token_at is not None:
+                tpot = (now - seq.first_token_at) / (n - 1)
+            ttft = None if seq.first_token_at is None else seq.first_token_at - seq.arrival
+            self.observer.on_finished(FinishedRequest(reason, len(seq.prompt_ids), n, now - seq.arrival, ttft, tpot))
+
+
+def _find_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
+    hits = [i for s in stops if (i := text.find(s, start)) >= 0]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Characters at the end of `text` not yet safe to stream: an incomplete UTF-8 character, or a suffix that
+    could be the start of a stop sequence."""
+    hold = 0
+    while hold < len(text) and text[len(text) - 1 - hold] == "\ufffd":
+        hold += 1
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return hold
