@@ -223,7 +223,11 @@ def _describe(req: PlacementRequest, replicas: Mapping[str, int]) -> PlacementPl
     by_pool = {o.pool: o for o in req.offers}
     cost = sum(by_pool[p].replica_price_per_hour * n for p, n in replicas.items())
     capacity = sum(by_pool[p].replica_capacity_rps * n for p, n in replicas.items())
-    shortfall = max(0.0, req.demand_rps - capacity)
+    on_demand = sum(
+        by_pool[p].replica_capacity_rps * n for p, n in replicas.items() if by_pool[p].capacity_type == "on-demand"
+    )
+    spot_short = max(0.0, (1.0 - req.max_spot_fraction) * req.demand_rps - on_demand)
+    shortfall = max(0.0, req.demand_rps - capacity, spot_short)
     total = sum(replicas.values())
     status: PlacementStatus
     reason = ""
@@ -238,6 +242,8 @@ def _describe(req: PlacementRequest, replicas: Mapping[str, int]) -> PlacementPl
     else:
         status = "insufficient_capacity"
         reason = f"pools full or at their limits; {shortfall:.3g} rps uncovered"
+        if spot_short > 1e-6:
+            reason += f" (on-demand share short by {spot_short:.3g} rps)"
     return PlacementPlan(
         deployment=req.deployment,
         replicas=dict(sorted(replicas.items())),

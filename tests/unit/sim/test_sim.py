@@ -1,0 +1,113 @@
+"""Simulator invariants on short synthetic traces: every request served or rejected, cost = time x price."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infleet.policy import account
+from infleet.sim.cli import _HERE
+from infleet.sim.engine import Simulation
+from infleet.sim.fleet import load_fleet
+from infleet.sim.oracle import oracle
+from infleet.sim.policies import POLICIES, make
+from infleet.sim.report import summarize
+from infleet.sim.trace import load_trace, synthetic_trace
+
+REPO = Path(__file__).resolve().parents[3]
+POOLS = REPO / "examples" / "pools.yaml"
+
+
+@pytest.fixture(scope="module")
+def fleet():  # type: ignore[no-untyped-def]
+    return load_fleet([POOLS], _HERE / "examples" / "chat.yaml")
+
+
+TRACE = synthetic_trace([(300, 2.0), (120, 12.0), (400, 0.0), (200, 3.0)], seed=3, prompt=800, gen=120)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_every_request_is_served_or_rejected_and_cost_is_time_times_price(fleet, policy: str) -> None:  # type: ignore[no-untyped-def]
+    res = Simulation(fleet, TRACE, make(policy)).run()
+    n = len(TRACE)
+    assert res.status.size == n
+    served = res.status == 1
+    assert set(np.unique(res.status)) <= {0, 1}
+    assert np.all(np.isfinite(res.e2e[served])) and np.all(np.isnan(res.e2e[~served]))
+    assert np.all(res.ttft[served] >= 0) and np.all(res.e2e[served] >= res.ttft[served])
+    row = summarize(res, TRACE, oracle_cost=1.0)
+    expected = sum((iv.end_s - iv.start_s) / 3600 * res.prices[iv.pool] for iv in res.intervals)
+    assert row["cost_usd"] == pytest.approx(expected)
+    assert row["cost_usd"] == pytest.approx(account(res.intervals, res.prices).cost_usd)
+    assert row["requests"] == n == row["served"] + row["rejected"]
+    for key in ("policy", "slo_attainment", "p50_latency_s", "p99_latency_s", "replica_hours", "scale_events"):
+        assert key in row
+    # replicas never outlive the simulation, and never start before it
+    assert all(0 <= iv.start_s <= iv.end_s <= res.end_s + 1e-9 for iv in res.intervals)
+
+
+def test_no_capacity_means_explicit_rejection(fleet) -> None:  # type: ignore[no-untyped-def]
+    class Nothing:
+        name = "nothing"
+        period_s = 15.0
+
+        def start(self, fleet, trace):  # type: ignore[no-untyped-def]
+            from infleet.sim.engine import Target
+
+            return Target(serving={})
+
+        def step(self, obs):  # type: ignore[no-untyped-def]
+            from infleet.sim.engine import Target
+
+            return Target(serving={})
+
+    res = Simulation(fleet, TRACE.window(0, 60), Nothing(), queue_timeout_s=5.0).run()
+    assert res.status.sum() == 0 and res.intervals == []
+
+
+def test_oracle_is_a_lower_bound_on_the_infleet_policy(fleet) -> None:  # type: ignore[no-untyped-def]
+    bound = oracle(fleet, TRACE)
+    res = Simulation(fleet, TRACE, make("infleet")).run()
+    assert 0 < bound.cost_usd <= account(res.intervals, res.prices).cost_usd
+
+
+def test_trace_loader_reads_azure_format_and_rejects_bad_rows(tmp_path: Path) -> None:
+    good = tmp_path / "t.csv"
+    good.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
+    )
+    tr = load_trace(good)
+    assert len(tr) == 2 and tr.arrival_s[0] == 0 and tr.arrival_s[1] == pytest.approx(4.314579, abs=1e-6)
+    bad = tmp_path / "b.csv"
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,x,1\n")
+    with pytest.raises(ValueError, match=r"b.csv:2"):
+        load_trace(bad)
+    cols = tmp_path / "c.csv"
+    cols.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="expected columns"):
+        load_trace(cols)
+
+
+def test_cli_compare_writes_report(tmp_path: Path) -> None:
+    from infleet.cli import main
+
+    trace = tmp_path / "trace.csv"
+    rng = np.random.default_rng(0)
+    t = np.cumsum(rng.exponential(0.5, 400))
+    rows = [
+        f"2023-11-16 18:{int(s // 60):02d}:{s % 60:09.6f},{rng.integers(50, 2000)},{rng.integers(5, 300)}" for s in t
+    ]
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    rc = main(["simulate", "--trace", str(trace), "--pools", str(POOLS), "--compare", "--out", str(out), "--quiet"])
+    assert rc == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert {r["policy"] for r in doc["policies"]} == set(POLICIES)
+    assert "CC-BY 4.0" in doc["attribution"]
+    assert all(r["oracle_cost_usd"] == doc["oracle_cost_usd"] for r in doc["policies"])
+    assert (out / "simulation.png").stat().st_size > 0
+    assert main(["simulate", "--trace", str(tmp_path / "missing.csv"), "--quiet"]) == 2
