@@ -52,6 +52,10 @@ _SLIS: dict[str, _Sli] = {
 }
 
 
+OBJECTIVE_RECORD = "infleet:slo_objective"
+BUDGET_WINDOW = "30d"  # the error budget's period, for dashboards (budget remaining)
+
+
 def error_ratio_record(window: str) -> str:
     """Name of the recorded SLI error ratio over ``window`` (labels: namespace, deployment, slo)."""
     return f"infleet:slo_latency_error_ratio:rate{window}"
@@ -83,7 +87,8 @@ def _check_name(what: str, value: str) -> None:
         raise ValueError(f"{what} must be a non-empty Kubernetes name, got {value!r}")
 
 
-def _sli_rules(namespace: str, deployment: str, sli: _Sli, bucket: BucketChoice) -> list[dict[str, Any]]:
+def _sli_rules(namespace: str, deployment: str, sli: _Sli, bucket: BucketChoice,
+               objective: float) -> list[dict[str, Any]]:
     sel = f"namespace={_quote(namespace)}, deployment={_quote(deployment)}"
     rules: list[dict[str, Any]] = []
     for window in _windows():
@@ -95,6 +100,17 @@ def _sli_rules(namespace: str, deployment: str, sli: _Sli, bucket: BucketChoice)
             "expr": f"1 - ({good} / {total})",
             "labels": {"slo": sli.slo},
         })
+    # For dashboards: the 30-day ratio as the mean of the 5m ratios (cheap; a rate over 30d of raw buckets is
+    # not), and the objective itself, so budget remaining and burn rate need no hard-coded 0.99.
+    rules.append({
+        "record": error_ratio_record(BUDGET_WINDOW),
+        "expr": f"avg_over_time({error_ratio_record('5m')}{{{sel}, slo={_quote(sli.slo)}}}[{BUDGET_WINDOW}])",
+    })
+    rules.append({
+        "record": OBJECTIVE_RECORD,
+        "expr": f"vector({_num(objective)})",
+        "labels": {"namespace": namespace, "deployment": deployment, "slo": sli.slo},
+    })
     return rules
 
 
@@ -166,7 +182,7 @@ def burn_rate_alerts(
         # recorded in the same evaluation rather than one interval old.
         groups.append({
             "name": f"infleet-slo-{namespace}-{deployment}-{sli.slo}",
-            "rules": _sli_rules(namespace, deployment, sli, bucket)
+            "rules": _sli_rules(namespace, deployment, sli, bucket, objective)
             + _alert_rules(namespace, deployment, sli, bucket, objective=objective, runbook_url=runbook_url),
         })
     meta_labels = {"app.kubernetes.io/managed-by": "infleet", "infleet.io/deployment": deployment}

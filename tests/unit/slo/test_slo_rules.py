@@ -100,6 +100,14 @@ def test_records_come_before_alerts_in_each_group() -> None:
         assert kinds == sorted(kinds, key=lambda k: k != "record"), "an alert would read last round's ratios"
 
 
+def test_objective_and_budget_window_are_recorded_for_dashboards() -> None:
+    rules = burn_rate_alerts("ns", "d", 0.5, objective=0.995)["spec"]["groups"][0]["rules"]
+    objective = next(r for r in rules if r.get("record") == "infleet:slo_objective")
+    assert objective["expr"] == "vector(0.995)"
+    assert objective["labels"] == {"namespace": "ns", "deployment": "d", "slo": "p99"}
+    assert any(r.get("record") == error_ratio_record("30d") for r in rules)
+
+
 def test_label_values_are_quoted_for_promql() -> None:
     rule = burn_rate_alerts("ns", 'we"ird', 0.5)
     assert 'deployment="we\\"ird"' in yaml.safe_dump(rule_file(rule))
