@@ -236,7 +236,7 @@ class HPA(_Baseline):
         while self.s.history and obs.now - self.s.history[0][0] > self.stabilization_s:
             self.s.history.popleft()
         if desired < current:
-            desired = min(current, max(d for _, d in self.s.history))
+            desired = min(current, int(max(d for _, d in self.s.history)))
         else:
             desired = min(desired, max(2 * current, current + 4))
         self.replicas = max(self.min_replicas, desired)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,13 +37,13 @@ def test_scale_down_waits_for_the_window_and_steps() -> None:
     assert all(x == pytest.approx(high) for x in out[10:21])
     assert out[-1] < high
     # and no step sheds more than the bounded fraction
-    for a, b in zip(out[10:], out[11:], strict=False):
+    for a, b in itertools.pairwise(out[10:]):
         assert b >= a * (1 - CFG.max_scale_down_fraction) - 1e-9
 
 
 def test_no_flapping_on_noise() -> None:
     out = run([5.0, 5.2, 4.9, 5.1, 4.8, 5.2] * 10)
-    changes = sum(1 for a, b in zip(out, out[1:], strict=False) if abs(a - b) > 1e-9)
+    changes = sum(1 for a, b in itertools.pairwise(out) if abs(a - b) > 1e-9)
     assert changes <= 3
 
 

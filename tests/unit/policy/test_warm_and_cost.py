@@ -76,5 +76,5 @@ def test_cost_is_replica_time_times_price() -> None:
     assert cost_per_million_tokens(5.0, 2_000_000) == pytest.approx(2.5)
     with pytest.raises(KeyError):
         account([ReplicaInterval("z", 0, 1)], {})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ends before"):
         ReplicaInterval("a", 10, 5)
