@@ -14,8 +14,15 @@ from infleet.cli import main
 for name in ("conv", "code"):
     started = time.perf_counter()
     rc = main(
-        ["simulate", "--trace", f"../shared/traces/azure-llm-2023-{name}.csv", "--compare", "--out", f"sim-out/{name}"]
-        + sys.argv[1:]
+        [
+            "simulate",
+            "--trace",
+            f"../shared/traces/azure-llm-2023-{name}.csv",
+            "--compare",
+            "--out",
+            f"sim-out/{name}",
+            *sys.argv[1:],
+        ]
     )
     print(f"[{name}: {time.perf_counter() - started:.1f} s including the oracle]\n")
     if rc:
