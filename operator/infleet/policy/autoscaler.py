@@ -93,7 +93,8 @@ def forecast_rate(history: tuple[tuple[float, float], ...], horizon_s: float) ->
     """Least-squares trend of the recent arrival rate, extrapolated ``horizon_s`` ahead; only rises count.
 
     A falling trend is ignored on purpose: scaling down early on a forecast risks the SLO, scaling up early
-    only costs a little.
+    only costs a little. So is a trend that does not fit (R^2 < 0.5): bursty load tilts a regression line without
+    any ramp behind it, and acting on it only buys idle replicas.
     """
     if not history:
         return 0.0
@@ -107,6 +108,10 @@ def forecast_rate(history: tuple[tuple[float, float], ...], horizon_s: float) ->
     if var <= 0:
         return last
     slope = sum((t - mean_t) * (y - mean_y) for t, y in history) / var
+    # Extrapolate only a trend that explains the window (R^2 >= 0.5): a ramp, not bursts that happen to tilt it.
+    total = sum((y - mean_y) ** 2 for _, y in history)
+    if total <= 0 or slope * slope * var / total < 0.5:
+        return last
     fitted_now = mean_y + slope * (last_t - mean_t)
     # A trend is a guess: never forecast more than half again the highest rate actually seen in the window.
     ceiling = 1.5 * max(y for _, y in history)
@@ -200,7 +205,7 @@ def calibrate_capacity(
 ) -> float:
     """Correct profiled per-replica capacity by what the tail latency says, a little each decision.
 
-    Profiles are measured on another request mix; the live tail is the truth. Well under target with no queue:
+    Profiles are measured on another request mix; the live tail is the truth. Well under target (< 60%) with no queue:
     replicas carry more than the profile claims (+5%). Near or over target: less (-10%, faster, because missing
     the SLO costs more than a replica). Bounded to ``[low, high]`` so one odd window cannot run away.
     """
