@@ -135,12 +135,8 @@ class Infleet:
         have = sum(caps.get(p, 0.0) * n for p, n in current.items())
         ready_cap = sum(caps.get(p, 0.0) * n for p, n in obs.ready.items())
         pending = current != obs.ready
-        self.state = AutoscalerState(
-            desired_capacity_rps=have,
-            history=self.state.history,
-            recommendations=self.state.recommendations,
-            last_active_s=self.state.last_active_s,
-        )
+        # The autoscaler's "current" is what actually runs (as the HPA's is the current replica count).
+        self.state = dataclasses.replace(self.state, desired_capacity_rps=have)
         decision = decide(
             self.config,
             self.state,

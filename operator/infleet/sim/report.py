@@ -76,10 +76,19 @@ def plot(path: Path, results: list[SimResult], slo_ttft_s: float | None, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True)
+    fig, axes = plt.subplots(5, 1, figsize=(11, 14), sharex=True)
     if results:
         base = results[0].timeline
         axes[0].plot([p["t"] for p in base], [p["rps"] for p in base], color="black", lw=0.8)
+        # Replicas by pool (serving and warm) for the first policy: where the heterogeneous placement put them.
+        pools = sorted({k for p in base for k in (*dict(p["serving"]), *dict(p["warm"]))})  # type: ignore[call-overload]
+        t0 = [p["t"] for p in base]
+        stacks = [[dict(p["serving"]).get(name, 0) for p in base] for name in pools]  # type: ignore[call-overload]
+        warm = [[dict(p["warm"]).get(name, 0) for p in base] for name in pools]  # type: ignore[call-overload]
+        labels = [f"{n} serving" for n in pools] + [f"{n} warm" for n in pools]
+        if pools:
+            axes[4].stackplot(t0, *stacks, *warm, labels=labels, step="post")
+        axes[4].set_ylabel(f"{results[0].policy}: replicas by pool")
     axes[0].set_ylabel("arrivals (req/s)")
     for res in results:
         t = [p["t"] for p in res.timeline]
@@ -94,7 +103,7 @@ def plot(path: Path, results: list[SimResult], slo_ttft_s: float | None, title: 
     if slo_ttft_s is not None:
         axes[2].axhline(slo_ttft_s, color="red", ls="--", lw=1, label="SLO")
     axes[3].set_ylabel("cost ($/h)")
-    axes[3].set_xlabel("time (s)")
+    axes[4].set_xlabel("time (s)")
     for ax in axes[1:]:
         ax.legend(fontsize=7, ncol=4)
     fig.suptitle(title, fontsize=10)
