@@ -1,0 +1,206 @@
+"""The chart through the real helm: lint, template with each ci/ values file, schema refusals, and what the
+rendered objects say (security, RBAC shape, CRDs equal to crds/, generated files current)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infleet.slo import recording_rules
+from tests.unit.chart.chart_helpers import CHART, REPO, Render, by_kind, run_helm
+
+VALUES_FILES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
+
+
+def test_there_are_several_values_files() -> None:
+    assert len(VALUES_FILES) >= 4
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_helm_lint_strict(helm: Path, values: str) -> None:
+    res = run_helm(helm, "lint", "--strict", str(CHART), "-f", str(CHART / "ci" / values))
+    assert "0 chart(s) failed" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_template_renders_valid_objects(render: Render, values: str) -> None:
+    objs = render(values)
+    assert by_kind(objs, "Deployment")
+    for o in objs:
+        assert o.get("apiVersion") and o.get("kind") and o.get("metadata", {}).get("name"), o
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (("unknownKey=1",), "additional properties 'unknownKey' not allowed"),
+    (("image.tagg=x",), "additional properties 'tagg' not allowed"),
+    (("replicaCount=two",), "want integer"),
+    (("crds.keep=maybe",), "want boolean"),
+    (("metrics.port=70000",), "maximum"),
+    (("operator.logFormat=xml",), "value must be one of"),
+    (("serviceMonitor.interval=often",), "does not match pattern"),
+    (("watchNamespaces[0]=Not_A_Namespace",), "does not match pattern"),
+])
+def test_schema_refuses_bad_values(helm: Path, sets: tuple[str, ...], message: str) -> None:
+    args = ["template", "x", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    res = run_helm(helm, *args, check=False)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr
+
+
+def test_standalone_with_many_replicas_is_refused(helm: Path) -> None:
+    res = run_helm(helm, "template", "x", str(CHART), "--set", "peering.standalone=true", "--set", "replicaCount=2",
+                   check=False)
+    assert res.returncode != 0 and "standalone" in res.stderr
+
+
+def test_operator_pod_is_hardened(render: Render) -> None:
+    dep = by_kind(render(), "Deployment")[0]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]
+    assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), "a read-only root needs a writable /tmp"
+
+
+def test_operator_args_follow_values(render: Render) -> None:
+    args = by_kind(render("ha-values.yaml"), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "run"
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+    assert "--peering=infleet-ha" in args and "--fallback-after-seconds=120" in args
+    assert "--image-repository=registry.example.com/infleet/worker" in args
+    default = by_kind(render(), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" in default and "--peering=infleet" in default
+    assert not any(a.startswith("--fallback-after-seconds") for a in default)
+    minimal = by_kind(render("minimal-values.yaml"), "Deployment")[0]["spec"]["template"]["spec"]
+    assert "--standalone" in minimal["containers"][0]["args"] and "--metrics-port=0" in minimal["containers"][0]["args"]
+    assert minimal["serviceAccountName"] == "my-precreated-sa"
+
+
+def test_the_operator_cli_accepts_the_rendered_args(render: Render) -> None:
+    """The chart's flags exist in `infleet run` (parsed by the real argument parser, nothing run)."""
+    from infleet.cli import build_parser
+
+    parser = build_parser()
+    for values in VALUES_FILES:
+        c = by_kind(render(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+        assert c["command"] == ["infleet"]
+        ns = parser.parse_args(c["args"])
+        assert ns.command == "run"
+
+
+def test_rbac_has_no_wildcards_and_no_secrets(render: Render) -> None:
+    (role,) = by_kind(render("monitoring-values.yaml"), "ClusterRole")
+    for rule in role["rules"]:
+        for key in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[key], rule
+        assert "secrets" not in rule["resources"] and "configmaps" not in rule["resources"]
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+    assert not by_kind(render(), "Role")
+
+
+def test_rbac_options(render: Render) -> None:
+    def groups(objs: list[dict[str, Any]]) -> set[str]:
+        return {g for r in by_kind(objs, "ClusterRole")[0]["rules"] for g in r["apiGroups"]}
+
+    assert "monitoring.coreos.com" in groups(render())
+    minimal = render("minimal-values.yaml")
+    assert "monitoring.coreos.com" not in groups(minimal)
+    assert "kopf.dev" not in groups(minimal), "a standalone operator does not peer"
+    assert not by_kind(minimal, "ServiceAccount")
+    assert not by_kind(render(sets=("rbac.create=false",)), "ClusterRole")
+
+
+def _crd_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_chart_crds_are_copies_of_repo_crds() -> None:
+    repo = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "files" / "crds").glob("*.yaml")}
+    assert repo, "crds/ is empty"
+    assert chart == repo, "copy crds/*.yaml to charts/infleet/files/crds/"
+
+
+def test_rendered_crds_equal_repo_crds_plus_keep_policy(render: Render) -> None:
+    want = {d["metadata"]["name"]: d for p in (REPO / "crds").glob("*.yaml") for d in _crd_docs(p)}
+    got = {d["metadata"]["name"]: d for d in by_kind(render(), "CustomResourceDefinition")}
+    assert set(got) == set(want)
+    for name, crd in got.items():
+        meta = crd["metadata"]
+        assert meta["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "infleet"
+        assert crd["spec"] == want[name]["spec"], f"{name}: rendered spec differs from crds/"
+
+
+def test_crd_opt_out_and_no_keep(render: Render) -> None:
+    assert not by_kind(render("ha-values.yaml"), "CustomResourceDefinition")
+    for crd in by_kind(render("minimal-values.yaml"), "CustomResourceDefinition"):
+        assert "helm.sh/resource-policy" not in (crd["metadata"].get("annotations") or {})
+
+
+def test_monitoring_objects(render: Render) -> None:
+    objs = render("monitoring-values.yaml")
+    (sm,) = by_kind(objs, "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (pm,) = by_kind(objs, "PodMonitor")
+    assert pm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "infleet"}
+    targets = {r["targetLabel"] for r in pm["spec"]["podMetricsEndpoints"][0]["relabelings"]}
+    assert targets == {"deployment", "pool", "role"}
+    (rule,) = by_kind(objs, "PrometheusRule")
+    assert rule["spec"] == recording_rules(), "regenerate charts/infleet/files/recording-rules.yaml"
+    maps = by_kind(objs, "ConfigMap")
+    assert {m["metadata"]["namespace"] for m in maps} == {"monitoring"}
+    assert all(m["metadata"]["labels"]["grafana_dashboard"] == "1" for m in maps)
+    shipped = {p.name: json.loads(p.read_text()) for p in (CHART / "dashboards").glob("*.json")}
+    got = {k: json.loads(v) for m in maps for k, v in m["data"].items()}
+    assert got == shipped
+    assert not by_kind(render(), "ServiceMonitor") and not by_kind(render(), "ConfigMap")
+
+
+def test_example_pools(render: Render) -> None:
+    pools = by_kind(render("ha-values.yaml"), "AcceleratorPool")
+    assert {p["metadata"]["name"] for p in pools} == {"l4-spot", "cpu-on-demand"}
+    assert not by_kind(render(), "AcceleratorPool")
+
+
+def test_recording_rules_file_is_current() -> None:
+    text = (CHART / "files" / "recording-rules.yaml").read_text()
+    assert yaml.safe_load(text) == recording_rules(), (
+        "regenerate: python -m infleet.slo.render recording > charts/infleet/files/recording-rules.yaml")
+
+
+def test_values_schema_is_current() -> None:
+    out = subprocess.run([sys.executable, str(CHART / "hack" / "schema.py")], capture_output=True, text=True,
+                         check=True).stdout
+    assert (CHART / "values.schema.json").read_text() == out, "regenerate: python charts/infleet/hack/schema.py"
+
+
+def test_readme_is_current() -> None:
+    out = subprocess.run([sys.executable, str(CHART / "hack" / "readme.py"), "--check"], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_value_is_documented_and_in_the_schema() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values) == set(schema["properties"])
+    from jsonschema import Draft7Validator  # type: ignore[import-untyped]
+
+    Draft7Validator(schema).validate(values)
+    for f in VALUES_FILES:
+        Draft7Validator(schema).validate(yaml.safe_load((CHART / "ci" / f).read_text()) or {})
