@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from infleet.sim.engine import SimResult, Simulation
-from infleet.sim.fleet import load_fleet
+from infleet.sim.fleet import load_fleet, with_service_overrides
 from infleet.sim.oracle import oracle
 from infleet.sim.policies import POLICIES, make
 from infleet.sim.report import plot, summarize, table, write_report
@@ -39,6 +41,12 @@ def register(subparsers: Any) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--policy", choices=sorted(POLICIES), default="infleet")
     which.add_argument("--compare", action="store_true", help="run every policy on the same input")
+    p.add_argument(
+        "--service",
+        type=Path,
+        help="YAML/JSON mapping pool name -> service-model fields (prefill_tokens_per_s, tpot_base_s, "
+        "tpot_per_seq_s, kv_tokens, max_batch), e.g. measured by the worker benchmark",
+    )
     p.add_argument("--start", type=float, default=0.0, help="skip this many seconds of the trace")
     p.add_argument("--duration", type=float, help="replay only this many seconds")
     p.add_argument("--out", type=Path, default=Path("sim-out"), help="directory for report.json and plots")
@@ -52,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
         trace = load_trace(args.trace).window(args.start, args.duration)
         deployment = args.deployment or default_deployment(args.trace)
         fleet = load_fleet(list(args.pools), deployment, args.name)
-    except (OSError, ValueError) as exc:
+        if args.service is not None:
+            overrides = yaml.safe_load(args.service.read_text(encoding="utf-8")) or {}
+            if not isinstance(overrides, dict):
+                raise ValueError(f"{args.service}: expected a mapping of pool name to fields")
+            fleet = with_service_overrides(fleet, overrides)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"infleet simulate: {exc}", file=sys.stderr)
         return 2
     if not len(trace):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from infleet.api import AcceleratorPool, InferenceDeployment, load_manifests
@@ -154,3 +154,28 @@ def load_fleet(pool_files: list[Path], deployment_file: Path, deployment_name: s
     if not pools:
         raise ValueError("no AcceleratorPool in the given files")
     return build_fleet(pools, deps[0])
+
+
+def with_service_overrides(fleet: SimFleet, overrides: dict[str, dict[str, float]]) -> SimFleet:
+    """Replace service-model fields per pool, e.g. with the worker benchmark's measured rates.
+
+    ``overrides`` maps a pool name to fields of :class:`~infleet.sim.service.ServiceModel`
+    (``prefill_tokens_per_s``, ``tpot_base_s``, ``tpot_per_seq_s``, ``kv_tokens``, ``max_batch``).
+    """
+    fields = set(ServiceModel.__dataclass_fields__)
+    names = {p.name for p in fleet.pools}
+    pools = []
+    for pool in fleet.pools:
+        change = overrides.get(pool.name, {})
+        unknown = set(change) - fields
+        if unknown:
+            raise ValueError(f"service override for {pool.name!r}: unknown fields {sorted(unknown)}")
+        if change:
+            values = {k: (int(v) if k == "max_batch" else float(v)) for k, v in change.items()}
+            pools.append(replace(pool, service=replace(pool.service, **values)))  # type: ignore[arg-type]
+        else:
+            pools.append(pool)
+    missing = set(overrides) - names
+    if missing:
+        raise ValueError(f"service overrides name pools not in the fleet: {sorted(missing)}")
+    return replace(fleet, pools=tuple(pools))

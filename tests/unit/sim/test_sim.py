@@ -111,3 +111,35 @@ def test_cli_compare_writes_report(tmp_path: Path) -> None:
     assert all(r["oracle_cost_usd"] == doc["oracle_cost_usd"] for r in doc["policies"])
     assert (out / "simulation.png").stat().st_size > 0
     assert main(["simulate", "--trace", str(tmp_path / "missing.csv"), "--quiet"]) == 2
+
+
+def test_service_overrides_apply_and_reject_unknown_fields(fleet) -> None:  # type: ignore[no-untyped-def]
+    from infleet.sim.fleet import with_service_overrides
+
+    slower = with_service_overrides(fleet, {"h100-spot": {"prefill_tokens_per_s": 1000.0, "max_batch": 8}})
+    assert slower.pool("h100-spot").service.prefill_tokens_per_s == 1000.0
+    assert slower.pool("h100-spot").service.max_batch == 8
+    assert slower.pool("h100-on-demand").service == fleet.pool("h100-on-demand").service
+    with pytest.raises(ValueError, match="unknown fields"):
+        with_service_overrides(fleet, {"h100-spot": {"speed": 1.0}})
+    with pytest.raises(ValueError, match="not in the fleet"):
+        with_service_overrides(fleet, {"nope": {"kv_tokens": 1.0}})
+
+
+def test_warm_workers_are_promoted_before_cold_starts(fleet) -> None:  # type: ignore[no-untyped-def]
+    from infleet.sim.engine import Target
+
+    class WarmThenScale:
+        name = "warm-then-scale"
+        period_s = 15.0
+
+        def start(self, fleet, trace):  # type: ignore[no-untyped-def]
+            return Target(serving={"h100-spot": 1}, warm={"h100-spot": 1})
+
+        def step(self, obs):  # type: ignore[no-untyped-def]
+            return Target(serving={"h100-spot": 2}, warm={})
+
+    sim = Simulation(fleet, TRACE.window(0, 40), WarmThenScale())
+    sim.run()
+    # two replicas in all: the warm one became the second serving replica, no third was cold-started
+    assert len(sim.replicas) == 2
