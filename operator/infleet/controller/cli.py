@@ -2,13 +2,11 @@
 
 kopf and the Kubernetes client are imported only when `run` runs, so other `infleet` commands start fast.
 """
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -58,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
     from infleet.controller.metrics import OperatorMetrics
     from infleet.controller.reconcile import Settings
 
-    if args.kubeconfig is not None:
-        # kopf's own login reads $KUBECONFIG; the operator's client gets the same file explicitly.
-        os.environ["KUBECONFIG"] = str(args.kubeconfig)
     kopf.configure(
         verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
     )
+    if not args.verbose:
+        # kopf logs every handler and timer success at INFO; our own reconcile line says more, once.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube = Kube.connect(args.kubeconfig)
     images = ImageConfig()
     if args.image_repository or args.image_tag:

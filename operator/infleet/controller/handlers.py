@@ -146,6 +146,25 @@ def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> None:
         ctx.metrics.observe_reconcile("AcceleratorPool", result, time.perf_counter() - started)
 
 
+def connection_info(kube: Kube, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    config = kube.api.configuration
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        trust_env=settings.networking.trust_env,
+    )
+
+
 def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     resource = (GROUP, VERSION, DEPLOYMENTS)
 
@@ -159,10 +178,10 @@ def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def on_pool(body: kopf.Body, **_: Any) -> None:
         reconcile_pool(ctx, body)
 
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In cluster: the service account; otherwise $KUBECONFIG (the CLI points it at --kubeconfig).
-        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
-        return info
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        # kopf talks to the API with the same credentials as the operator's client (loaded once in the CLI
+        # from --kubeconfig, the service account, or $KUBECONFIG), so both always agree on the cluster.
+        return connection_info(ctx.kube, settings)
 
     kopf.on.login(registry=registry, id="login")(login)
     kopf.on.create(*resource, registry=registry, id="place")(on_change)

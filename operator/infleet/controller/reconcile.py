@@ -171,6 +171,11 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
     request = replace(request, offers=cap_saturated(request.offers, saturated, serving_pods))
     plan = place(request) if usable else None
 
+    budget = infd.spec.cost.max_hourly_cost_usd
+    unmet = plan is not None and plan.status not in ("ok", "idle")
+    # When the plan falls short, would it meet the SLO without the budget? Then the budget is what binds.
+    cheapest = _cheapest_meeting_slo(request) if unmet and budget is not None else None
+    budget_bound = cheapest is not None and budget is not None and cheapest > budget + 1e-9
     conds: list[Cond] = []
     events: list[tuple[str, str, str]] = []
     placed_ok = plan is not None and plan.status in ("ok", "idle")
@@ -193,13 +198,13 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
         )
     elif plan.status in ("ok", "idle"):
         conds.append(Cond("Placed", "True", "Placed", _describe(plan)))
-    elif plan.status == "over_budget":
+    elif budget_bound:
         conds.append(
             Cond(
                 "Placed",
                 "True" if plan.total_replicas else "False",
                 "OverBudget",
-                f"best effort within budget: {_describe(plan)}",
+                f"the budget allows only a best effort: {_describe(plan)}; see WithinBudget",
             )
         )
     else:
@@ -237,15 +242,8 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
     cost = sum(price.get(p, 0.0) * n for p, n in desired.items()) + sum(price.get(p, 0.0) * n for p, n in warm.items())
     total_desired = sum(desired.values())
     total_ready = sum(ready.values())
-    cheapest = _cheapest_meeting_slo(request) if plan is not None and plan.status == "over_budget" else None
     serving_cost = sum(price.get(p, 0.0) * n for p, n in desired.items())
-    conds.append(
-        budget_condition(
-            serving_cost,
-            infd.spec.cost.max_hourly_cost_usd,
-            cheapest if plan is not None and plan.status == "over_budget" else serving_cost,
-        )
-    )
+    conds.append(budget_condition(serving_cost, budget, cheapest if budget_bound else serving_cost))
     conds.append(_slo_condition(plan, total_ready, sum(target.values())))
     conds.append(ready_condition(total_desired, total_ready, placed_ok))
     pool_rows = []

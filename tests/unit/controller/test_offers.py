@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from infleet.controller.offers import build_request, candidate_pools, choose
 from infleet.policy import place
-
-from .conftest import make_infd, make_pool
+from tests.unit.controller.builders import make_infd, make_pool
 
 
 def test_profile_by_model_class_gives_capacity_and_devices() -> None:

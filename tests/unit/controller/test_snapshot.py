@@ -11,8 +11,7 @@ from infleet.controller.snapshot import (
     pool_capacity,
     unschedulable_since,
 )
-
-from .conftest import make_pool, node, pod
+from tests.unit.controller.builders import make_pool, node, pod
 
 MINE = {"app.kubernetes.io/managed-by": "infleet", "infleet.io/deployment": "chat"}
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from infleet.api import AcceleratorPool, InferenceDeployment
 
 
@@ -92,8 +90,3 @@ def pod(
         "spec": spec,
         "status": {"phase": "Pending" if not node_name else phase, "conditions": conditions},
     }
-
-
-@pytest.fixture
-def l4_pool() -> AcceleratorPool:
-    return make_pool()
