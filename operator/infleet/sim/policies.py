@@ -59,8 +59,9 @@ class Infleet:
 
     name = "infleet"
 
-    def __init__(self, period_s: float = 15.0) -> None:
+    def __init__(self, period_s: float = 15.0, calibrate: bool = True) -> None:
         self.period_s = period_s
+        self.calibrate = calibrate
         self.state = AutoscalerState()
         self.rates: deque[tuple[float, float]] = deque()
         self.current: dict[str, int] = {}
@@ -126,7 +127,7 @@ class Infleet:
         while self.rates and obs.now - self.rates[0][0] > 1800:
             self.rates.popleft()
         current = dict(obs.serving)
-        if obs.ready == current:  # judge capacity only on a settled fleet
+        if self.calibrate and obs.ready == current:  # judge capacity only on a settled fleet
             self.calibration = calibrate_capacity(
                 self.calibration, obs.p99_ttft_s, self.config.latency_target_s, obs.queue_depth
             )
