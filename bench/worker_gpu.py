@@ -20,17 +20,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 
-from infleet_worker.checkpoint import empty_model, load_checkpoint, load_hf_state_dict  # noqa: E402
-from infleet_worker.config import builtin_config  # noqa: E402
-from infleet_worker.devices import resolve_device  # noqa: E402
-from infleet_worker.engine import Engine, EngineConfig, RequestOutput, SamplingParams  # noqa: E402
-from infleet_worker.runner import ModelRunner  # noqa: E402
-from infleet_worker.tokenizer import ByteTokenizer  # noqa: E402
+from infleet_worker.checkpoint import empty_model, load_checkpoint, load_hf_state_dict
+from infleet_worker.config import builtin_config
+from infleet_worker.devices import resolve_device
+from infleet_worker.engine import Engine, EngineConfig, RequestOutput, SamplingParams
+from infleet_worker.model import LlamaModel
+from infleet_worker.runner import ModelRunner
+from infleet_worker.tokenizer import ByteTokenizer
 
 RESULTS: dict[str, object] = {}
 
@@ -46,13 +48,14 @@ def hbm_bandwidth(gib: float = 4.0, iters: int = 20) -> float:
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
     start.record()
     for _ in range(iters):
         dst.copy_(src)
     end.record()
     torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1000 / iters
+    seconds = float(start.elapsed_time(end)) / 1000 / iters
     del src, dst
     torch.cuda.empty_cache()
     return 2 * n * 2 / seconds  # bytes read + bytes written
@@ -131,7 +134,6 @@ def main() -> None:
     ap.add_argument("--gen-len", type=int, default=256)
     ap.add_argument("--hf-gen-len", type=int, default=128)
     ap.add_argument("--profile", action="store_true", help="print kernel profiles of eager decode steps")
-    ap.add_argument("--compile", action="store_true", help="also time batch-1 decode with torch.compile")
     args = ap.parse_args()
     note("device", torch.cuda.get_device_name())
     note("torch", torch.__version__)
@@ -174,17 +176,17 @@ def main() -> None:
     note("hf_8b_bf16_argmax_equal", int(ref.argmax()) == int(got.argmax()))
 
     # naive baseline: transformers generate(), batch 1, greedy, fixed length
-    def hf_generate(n: int) -> float:
+    def hf_generate(model: Any, n: int) -> float:
         torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.no_grad():
-            out = hf.generate(prompt[None], max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            out = model.generate(prompt[None], max_new_tokens=n, min_new_tokens=n, do_sample=False)
         torch.cuda.synchronize()
         assert out.shape[1] == args.prompt_len + n
         return time.perf_counter() - t
 
-    hf_generate(8)
-    hf_wall = hf_generate(args.hf_gen_len)
+    hf_generate(hf, 8)
+    hf_wall = hf_generate(hf, args.hf_gen_len)
     hf_tps = args.hf_gen_len / hf_wall
     note("hf_generate_batch1_tokens_per_s", round(hf_tps, 1))
     del hf
@@ -235,20 +237,22 @@ def main() -> None:
     for streams in (1, 8, 32, 64):
         prompts = [torch.randint(0, 256, (args.prompt_len,)).tolist() for _ in range(streams)]
         steps0 = engine.steps
+        engine.timers = dict.fromkeys(engine.timers, 0.0)
         outs, wall = run_engine(engine, prompts, params)
-        note(f"engine_ms_per_step_{streams}_streams", round(wall / (engine.steps - steps0) * 1e3, 3))
+        n_steps = engine.steps - steps0
+        note(f"engine_ms_per_step_{streams}_streams", round(wall / n_steps * 1e3, 3))
+        for part, secs in engine.timers.items():
+            note(f"engine_{part}_ms_per_step_{streams}_streams", round(secs / n_steps * 1e3, 3))
         total = sum(len(v) for v in outs.values())
         throughput[streams] = round(total / wall, 1)
         note(f"throughput_{streams}_streams_tokens_per_s", throughput[streams])
     if args.profile:
         profile_decode(ours, 1, 256)
         profile_decode(ours, 32, 384)
-    if args.compile:
-        compiled_batch1(ours, args.prompt_len, roofline_tps)
     Path(args.out).write_text(json.dumps(RESULTS, indent=2))
 
 
-def profile_decode(model: torch.nn.Module, bsz: int, pos: int) -> None:
+def profile_decode(model: LlamaModel, bsz: int, pos: int) -> None:
     """Kernel time of one eager decode step, to see what the step is made of."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -265,23 +269,6 @@ def profile_decode(model: torch.nn.Module, bsz: int, pos: int) -> None:
     note(f"profile_b{bsz}_pos{pos}_kernel_ms_total", round(total, 3))
     note(f"profile_b{bsz}_pos{pos}_kernels", count)
     print(events.table(sort_by="device_time_total", row_limit=12, max_name_column_width=60))
-
-
-def compiled_batch1(model: torch.nn.Module, prompt_len: int, roofline_tps: float) -> None:
-    """Batch-1 decode with torch.compile inside the CUDA graph (fused elementwise kernels)."""
-    runner = ModelRunner(model, 1, 512, use_cuda_graphs=True, compile_decode=True)
-    t = time.perf_counter()
-    runner._capture(1, 256)
-    note("compile_and_capture_one_shape_s", round(time.perf_counter() - t, 1))
-    for _ in range(5):
-        runner.sample(runner.decode([1], [prompt_len]), [0.0], [1.0])
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for i in range(100):
-        runner.sample(runner.decode([1], [prompt_len + i]), [0.0], [1.0])
-    step = (time.perf_counter() - t) / 100
-    note("compiled_decode_step_batch1_ms", round(step * 1e3, 3))
-    note("compiled_decode_batch1_fraction_of_roofline", round((1 / step) / roofline_tps, 3))
 
 
 if __name__ == "__main__":

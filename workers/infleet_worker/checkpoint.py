@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from infleet_worker.config import ModelConfig
 from infleet_worker.model import LlamaModel, init_random_weights, rope_inv_freq
@@ -39,9 +40,10 @@ def to_hf_state_dict(model: LlamaModel) -> dict[str, torch.Tensor]:
     d = cfg.dim_per_head
     q_dim, kv_dim = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
     out: dict[str, torch.Tensor] = {f"{HF_PREFIX}embed_tokens.weight": model.embed_tokens.weight}
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(model.decoder_layers()):
         p = f"{HF_PREFIX}layers.{i}."
-        q, k, v = layer.qkv_proj.weight.split([q_dim, kv_dim, kv_dim], dim=0)
+        w = layer.qkv_proj.weight
+        q, k, v = w[:q_dim], w[q_dim : q_dim + kv_dim], w[q_dim + kv_dim :]
         gate, up = layer.gate_up_proj.weight.chunk(2, dim=0)
         out |= {
             p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k, p + "self_attn.v_proj.weight": v,
@@ -72,7 +74,7 @@ def load_hf_state_dict(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> N
         dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
 
     put(model.embed_tokens.weight, take(f"{HF_PREFIX}embed_tokens.weight"), "embed_tokens")
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(model.decoder_layers()):
         p = f"{HF_PREFIX}layers.{i}."
         qkv = torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"], dim=0)
         put(layer.qkv_proj.weight, qkv, p + "qkv")
@@ -94,8 +96,6 @@ def load_hf_state_dict(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> N
 
 
 def save_checkpoint(model: LlamaModel, path: Path) -> None:
-    from safetensors.torch import save_file
-
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(model.cfg.to_hf_dict(), indent=2))
     save_file(to_hf_state_dict(model), str(path / "model.safetensors"), metadata={"format": "pt"})
@@ -111,10 +111,6 @@ def load_checkpoint(path: Path, device: torch.device, dtype: torch.dtype) -> Lla
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no *.safetensors weight files")
-    try:
-        from safetensors.torch import load_file
-    except ImportError as exc:  # pragma: no cover - safetensors is a worker dependency
-        raise RuntimeError("loading a checkpoint needs the 'safetensors' package") from exc
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         tensors.update(load_file(str(f), device="cpu"))

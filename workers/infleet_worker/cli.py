@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    # Imported here so the `import` start-up phase (torch, aiohttp) is measured from process start.
     from infleet_worker.devices import resolve_device
     from infleet_worker.engine import EngineConfig
     from infleet_worker.loader import build_engine, load_model

@@ -55,13 +55,13 @@ class ModelConfig:
 
     def num_parameters(self) -> int:
         """Parameter count (embedding and LM head counted separately unless tied)."""
-        h, d, L = self.hidden_size, self.dim_per_head, self.num_hidden_layers
+        h, d, n_layers = self.hidden_size, self.dim_per_head, self.num_hidden_layers
         attn = h * d * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
         mlp = 3 * h * self.intermediate_size
         per_layer = attn + mlp + 2 * h
         embed = self.vocab_size * h
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
-        return L * per_layer + embed + head + h
+        return n_layers * per_layer + embed + head + h
 
     def decode_weight_bytes(self, bytes_per_param: int) -> int:
         """Weight bytes one decode step must read: every matrix except the embedding table (one row of it is read)."""

@@ -142,6 +142,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._ids = itertools.count()
         self.steps = 0
+        # Wall time spent in each part of `step` (benchmarks read it to tell device time from host overhead).
+        self.timers = {"prefill": 0.0, "decode": 0.0, "sample": 0.0, "append": 0.0}
 
     # ---- thread-safe API -------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink, request_id: str | None = None) -> str:
@@ -267,6 +269,7 @@ class Engine:
 
     def step(self) -> None:
         """One scheduling step: prefill within the token budget, then one decode token per running sequence."""
+        t0 = time.perf_counter()
         self._apply_aborts()
         budget = max(self.cfg.max_num_batched_tokens - len(self._running), self.cfg.min_prefill_chunk)
         prefill_tokens, touched = 0, set()
@@ -287,15 +290,22 @@ class Engine:
             token = self.runner.sample(logits[None], [seq.params.temperature], [seq.params.top_p])[0]
             self._join_running(seq)
             self._append(seq, token)
+        t1 = time.perf_counter()
+        self.timers["prefill"] += t1 - t0
         batch = list(self._running)
         if batch:
             logits = self.runner.decode([s.output_ids[-1] for s in batch], [s.cached for s in batch])
+            t2 = time.perf_counter()
             tokens = self.runner.sample(logits, [s.params.temperature for s in batch],
                                         [s.params.top_p for s in batch])
+            t3 = time.perf_counter()
             for s in batch:  # the cache grew for every row before any finish compacts the batch
                 s.cached += 1
             for s, t in zip(batch, tokens, strict=True):
                 self._append(s, t)
+            self.timers["decode"] += t2 - t1
+            self.timers["sample"] += t3 - t2
+            self.timers["append"] += time.perf_counter() - t3
             touched.update(s.id for s in batch)
         self.steps += 1
         if self.observer is not None and touched:

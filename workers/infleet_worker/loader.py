@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from infleet_worker.checkpoint import load_checkpoint, random_model
 from infleet_worker.config import builtin_config
 from infleet_worker.devices import DeviceSpec
@@ -37,8 +39,6 @@ def load_model(model: str, spec: DeviceSpec, seed: int = 0) -> LoadedModel:
         tok = ByteTokenizer()
         name = model
     if spec.family == "cuda":
-        import torch
-
         torch.cuda.synchronize()
     return LoadedModel(name, m, tok, {"load": time.monotonic() - t0})
 

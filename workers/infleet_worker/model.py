@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import nn
 
 from infleet_worker.config import ModelConfig
@@ -77,7 +77,8 @@ class DecoderLayer(nn.Module):
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        out: torch.Tensor = self.down_proj(F.silu(gate) * up)
+        return out
 
     def split_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         qkv = self.qkv_proj(self.input_layernorm(x))
@@ -87,6 +88,8 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    inv_freq: torch.Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -95,6 +98,9 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return [layer for layer in self.layers if isinstance(layer, DecoderLayer)]
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(h)
@@ -108,26 +114,25 @@ class LlamaModel(nn.Module):
 
     def prefill(self, tokens: torch.Tensor, start: int, slot: int, k_cache: torch.Tensor,
                 v_cache: torch.Tensor) -> torch.Tensor:
-        """Run prompt tokens `tokens` [T] at positions start..start+T-1 of `slot`; return the last position's logits.
+        """Run prompt tokens `tokens` [n] at positions start..start+n-1 of `slot`; return the last position's logits.
 
         Caches are [layers, slots, kv_heads, max_len, head_dim]; keys and values of this chunk are written into
         them and the chunk attends to everything the slot already holds (chunked prefill).
         """
-        T = tokens.shape[0]
-        positions = torch.arange(start, start + T, device=tokens.device)
+        n = tokens.shape[0]
+        positions = torch.arange(start, start + n, device=tokens.device)
         cos, sin = self.rope(positions, k_cache.dtype)
-        x = self.embed_tokens(tokens)[None]  # [1, T, h]
-        end = start + T
+        x = self.embed_tokens(tokens)[None]  # [1, n, h]
+        end = start + n
         mask = None
         if start:
             key_pos = torch.arange(end, device=tokens.device)
             mask = key_pos[None, :] <= positions[:, None]
-        for i, layer in enumerate(self.layers):
-            assert isinstance(layer, DecoderLayer)
+        for i, layer in enumerate(self.decoder_layers()):
             q, k, v = layer.split_qkv(x)
-            q = q.view(1, T, layer.n_heads, layer.head_dim).transpose(1, 2)
-            k = k.view(1, T, layer.n_kv, layer.head_dim).transpose(1, 2)
-            v = v.view(1, T, layer.n_kv, layer.head_dim).transpose(1, 2)
+            q = q.view(1, n, layer.n_heads, layer.head_dim).transpose(1, 2)
+            k = k.view(1, n, layer.n_kv, layer.head_dim).transpose(1, 2)
+            v = v.view(1, n, layer.n_kv, layer.head_dim).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             k_cache[i, slot, :, start:end] = k[0]
@@ -136,7 +141,7 @@ class LlamaModel(nn.Module):
             values = v_cache[i, slot : slot + 1, :, :end]
             attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None,
                                                   enable_gqa=True)
-            x = x + layer.o_proj(attn.transpose(1, 2).reshape(1, T, -1))
+            x = x + layer.o_proj(attn.transpose(1, 2).reshape(1, n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.logits(x[0, -1])
 
@@ -171,8 +176,7 @@ class LlamaModel(nn.Module):
         bias = bias.repeat_interleave(n_kv, dim=0)  # [b*kv, 1, L], broadcast over the query heads of a group
         scale = 1.0 / math.sqrt(d)
         x = self.embed_tokens(tokens)  # [b, h]
-        for i, layer in enumerate(self.layers):
-            assert isinstance(layer, DecoderLayer)
+        for i, layer in enumerate(self.decoder_layers()):
             qkv = layer.qkv_proj(layer.input_layernorm(x)).view(b, -1, d)
             qkv = torch.addcmul(qkv * cos_all, torch.roll(qkv, half, dims=-1), sin_all)
             q, k, v = qkv[:, :n_heads], qkv[:, n_heads : n_heads + n_kv], qkv[:, n_heads + n_kv :]

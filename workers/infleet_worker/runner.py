@@ -56,15 +56,12 @@ class ModelRunner:
     """Runs prefill and decode on one device; on CUDA, replays captured graphs for decode."""
 
     def __init__(self, model: LlamaModel, num_slots: int, max_seq_len: int, *, use_cuda_graphs: bool = False,
-                 compile_decode: bool = False, seed: int = 0) -> None:
+                 seed: int = 0) -> None:
         param = next(model.parameters())
         self.model = model
         self.device, self.dtype = param.device, param.dtype
         self.cache = KVCache(model, num_slots, max_seq_len, self.device, self.dtype)
         self.use_cuda_graphs = use_cuda_graphs and self.device.type == "cuda"
-        # torch.compile fuses the small elementwise kernels between the GEMMs (fewer launches per decode step);
-        # it compiles once per captured shape, so it costs start-up time.
-        self._decode_fn = torch.compile(model.decode, fullgraph=True, dynamic=False) if compile_decode else model.decode
         self.batch_buckets = _buckets(num_slots, 1)
         self.ctx_buckets = _buckets(max_seq_len + 1, min(128, max_seq_len + 1))
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -82,33 +79,33 @@ class ModelRunner:
 
     @torch.inference_mode()
     def decode(self, tokens: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
-        B = len(tokens)
+        bsz = len(tokens)
         need = max(positions) + 1
         if not self.use_cuda_graphs:
             t = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
             p = torch.tensor(list(positions), dtype=torch.long, device=self.device)
             return self.model.decode(t, p, need, self.cache.k, self.cache.v)
-        bb = next(b for b in self.batch_buckets if b >= B)
+        bb = next(b for b in self.batch_buckets if b >= bsz)
         cb = next(c for c in self.ctx_buckets if c >= need)
         graph, out = self._graphs.get((bb, cb)) or self._capture(bb, cb)  # before the inputs are written
-        pad = bb - B
+        pad = bb - bsz
         self._host[:, :bb] = torch.tensor([[*tokens, *([0] * pad)], [*positions, *([self.cache.scratch_pos] * pad)]],
                                           dtype=torch.long)
         # The previous step's results were read on the host, so the pinned buffer is free to overwrite.
         self._static[:, :bb].copy_(self._host[:, :bb], non_blocking=True)
         graph.replay()
-        return out[:B]
+        return out[:bsz]
 
     def _decode_static(self, bb: int, cb: int) -> torch.Tensor:
-        return self._decode_fn(self._static[0, :bb], self._static[1, :bb], cb, self.cache.k, self.cache.v)
+        return self.model.decode(self._static[0, :bb], self._static[1, :bb], cb, self.cache.k, self.cache.v)
 
     @torch.inference_mode()
     def _capture(self, bb: int, cb: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Static inputs point every row at the scratch position, so warm-up runs never touch live cache rows.
         self._static[1, :bb].fill_(self.cache.scratch_pos)
-        if not self._graphs or self._decode_fn is not self.model.decode:
-            # Warm up outside capture (cuBLAS workspaces; torch.compile compiles each new shape here).
-            side = torch.cuda.Stream()
+        if not self._graphs:
+            # Warm up outside capture (cuBLAS workspaces, allocator).
+            side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):

@@ -209,7 +209,10 @@ class WorkerServer:
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         try:
-            served.engine.submit(ids, params, lambda out: loop.call_soon_threadsafe(queue.put_nowait, out), rid)
+            def sink(out: RequestOutput) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, out)
+
+            served.engine.submit(ids, params, sink, rid)
         except InvalidRequestError as exc:
             raise HTTPError(400, str(exc), "invalid_request_error") from exc
         except RequestRejectedError as exc:

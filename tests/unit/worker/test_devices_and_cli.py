@@ -1,0 +1,68 @@
+"""Device selection fails early and clearly; the CLI reports a start-up failure with a non-zero exit."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+
+import pytest
+
+pytest.importorskip("torch")
+
+import torch
+
+from infleet_worker.cli import build_parser, main
+from infleet_worker.devices import DeviceUnavailableError, resolve_device
+
+
+def test_cpu_and_auto() -> None:
+    spec = resolve_device("cpu")
+    assert (spec.family, spec.dtype) == ("cpu", torch.float32)
+    assert resolve_device("cpu", "bfloat16").dtype == torch.bfloat16
+    auto = resolve_device("auto")
+    expected = "cuda" if torch.cuda.is_available() else auto.family
+    assert auto.family == expected
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_neuronx") is not None, reason="torch-neuronx is installed")
+def test_neuron_without_its_library_names_the_package() -> None:
+    with pytest.raises(DeviceUnavailableError, match="torch-neuronx"):
+        resolve_device("neuron")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_xla") is not None, reason="torch_xla is installed")
+def test_xla_without_its_library_names_the_package() -> None:
+    with pytest.raises(DeviceUnavailableError, match="torch_xla"):
+        resolve_device("xla")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_gpu_says_so() -> None:
+    with pytest.raises(DeviceUnavailableError, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+def test_unknown_device_and_dtype() -> None:
+    with pytest.raises(DeviceUnavailableError, match="unknown device"):
+        resolve_device("tpu9")
+    with pytest.raises(DeviceUnavailableError, match="unknown dtype"):
+        resolve_device("cpu", "int3")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_xla") is not None, reason="torch_xla is installed")
+def test_serve_exits_non_zero_when_the_device_is_missing(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", "--device", "xla", "--host", "127.0.0.1", "--port", str(port)]) == 2
+    assert "torch_xla" in caplog.text
+
+
+def test_flags_fall_back_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFLEET_MODEL", "llama-1b")
+    monkeypatch.setenv("INFLEET_INITIAL_STATE", "warm")
+    monkeypatch.setenv("INFLEET_PORT", "9001")
+    args = build_parser().parse_args(["serve"])
+    assert (args.model, args.state, args.port, args.device) == ("llama-1b", "warm", 9001, "auto")
+    args = build_parser().parse_args(["serve", "--state", "serving"])
+    assert args.state == "serving"
