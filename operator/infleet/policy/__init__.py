@@ -9,6 +9,9 @@ Placement (stable entry points)
 Autoscaling
     :func:`decide` maps an :class:`AutoscalerState` and a :class:`LoadObservation` to a :class:`ScalingDecision`
     (desired SLO capacity in requests/s; placement turns it into replicas).
+One control step
+    :func:`scale_step` runs both for one deployment (:class:`FleetScalingConfig`, :class:`FleetScalingState`):
+    scale up without moving what runs, scale down within it, shed big replicas only after several cold starts.
 Warm pools
     :func:`plan_warm_pool`, :func:`promotion_order`, :func:`replenish`.
 Cost
@@ -27,6 +30,7 @@ from infleet.policy.autoscaler import (
 )
 from infleet.policy.cost import CostReport, ReplicaInterval, account, cost_per_million_tokens, hourly_cost
 from infleet.policy.placement import place, place_fleet
+from infleet.policy.scaling import FleetScalingConfig, FleetScalingState, FleetScalingStep, scale_step
 from infleet.policy.types import (
     CapacityType,
     FleetPlacement,
@@ -43,6 +47,9 @@ __all__ = [
     "CapacityType",
     "CostReport",
     "FleetPlacement",
+    "FleetScalingConfig",
+    "FleetScalingState",
+    "FleetScalingStep",
     "LoadObservation",
     "PlacementPlan",
     "PlacementRequest",
@@ -63,4 +70,5 @@ __all__ = [
     "plan_warm_pool",
     "promotion_order",
     "replenish",
+    "scale_step",
 ]

@@ -22,23 +22,19 @@ windows, delays and rules differ, and those are their documented defaults:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from infleet.policy import (
     AutoscalerConfig,
     AutoscalerState,
     LoadObservation,
-    PoolOffer,
     WarmPoolConfig,
-    calibrate_capacity,
-    decide,
     place,
     plan_warm_pool,
 )
+from infleet.policy.scaling import FleetScalingConfig, FleetScalingState, scale_step
 from infleet.sim.capacity import Mix, offers, pool_capacity, request
 from infleet.sim.engine import Observation, Target
 from infleet.sim.fleet import SimFleet, SimPool
@@ -59,13 +55,13 @@ class Infleet:
 
     name = "infleet"
 
-    def __init__(self, period_s: float = 15.0, calibrate: bool = True) -> None:
+    def __init__(self, period_s: float = 15.0, calibrate: bool = True, shed_after_s: float | None = None) -> None:
         self.period_s = period_s
         self.calibrate = calibrate
-        self.state = AutoscalerState()
+        self.shed_after_s = shed_after_s
+        self.scaling = FleetScalingState()
         self.rates: deque[tuple[float, float]] = deque()
         self.current: dict[str, int] = {}
-        self.calibration = 1.0
 
     def start(self, fleet: SimFleet, trace: Trace) -> Target:
         self.fleet = fleet
@@ -83,10 +79,12 @@ class Infleet:
             scale_down_window_s=dep.scale_down_window_s,
             scale_to_zero_after_s=dep.scale_to_zero_after_s if dep.min_replicas == 0 else None,
         )
+        self.scaling_config = FleetScalingConfig(self.config, calibrate=self.calibrate, shed_after_s=self.shed_after_s)
         first = trace.window(0, 60)
         rate = len(first) / 60.0
-        self.state = AutoscalerState(desired_capacity_rps=rate / self.config.target_utilization)
-        plan = place(request(fleet, self.state.desired_capacity_rps, offers(fleet, self.mix)))
+        desired = rate / self.config.target_utilization
+        self.scaling = FleetScalingState(autoscaler=AutoscalerState(desired_capacity_rps=desired))
+        plan = place(request(fleet, desired, offers(fleet, self.mix)))
         self.current = dict(plan.replicas)
         return Target(serving=dict(self.current), warm=self._warm(plan.cost_per_hour))
 
@@ -115,61 +113,28 @@ class Infleet:
         )
         return dict(plan.replicas)
 
-    def _offers(self, **kw: Any) -> tuple[PoolOffer, ...]:
-        return tuple(
-            dataclasses.replace(o, replica_capacity_rps=o.replica_capacity_rps * self.calibration)
-            for o in offers(self.fleet, self.mix, **kw)
-        )
-
     def step(self, obs: Observation) -> Target:
         self.mix = _mix(obs, self.mix)
         self.rates.append((obs.now, obs.arrival_rate_rps))
         while self.rates and obs.now - self.rates[0][0] > 1800:
             self.rates.popleft()
-        current = dict(obs.serving)
-        if self.calibrate and obs.ready == current:  # judge capacity only on a settled fleet
-            self.calibration = calibrate_capacity(
-                self.calibration, obs.p99_ttft_s, self.config.latency_target_s, obs.queue_depth
-            )
-        offered = self._offers(current=current)
-        caps = {o.pool: o.replica_capacity_rps for o in offered}
-        have = sum(caps.get(p, 0.0) * n for p, n in current.items())
-        ready_cap = sum(caps.get(p, 0.0) * n for p, n in obs.ready.items())
-        pending = current != obs.ready
-        # The autoscaler's "current" is what actually runs (as the HPA's is the current replica count).
-        self.state = dataclasses.replace(self.state, desired_capacity_rps=have)
-        decision = decide(
-            self.config,
-            self.state,
+        step = scale_step(
+            self.scaling_config,
+            self.scaling,
             LoadObservation(
                 time_s=obs.now,
                 arrival_rate_rps=obs.arrival_rate_rps,
                 queue_depth=obs.queue_depth,
                 in_flight=obs.in_flight,
                 p99_latency_s=obs.p99_ttft_s,
-                ready_capacity_rps=ready_cap,
             ),
+            request(self.fleet, 0.0, offers(self.fleet, self.mix, current=dict(obs.serving))),
+            obs.ready,
         )
-        self.state = decision.state
-        want = decision.desired_capacity_rps
-        if want > have + 1e-9:
-            # Scale up without moving what runs: place only the missing capacity on what is left.
-            used = {p.name: current.get(p.name, 0) * p.devices_per_replica for p in self.fleet.pools}
-            extra = place(request(self.fleet, want - have, self._offers(used_devices=used), min_replicas=0))
-            target = dict(current)
-            for p, n in extra.replicas.items():
-                target[p] = target.get(p, 0) + n
-            if sum(target.values()) < self.fleet.deployment.min_replicas:
-                target = dict(place(request(self.fleet, want, offered)).replicas)
-        elif want < have - 1e-9 and not pending:
-            # Scale down within what runs: the cheapest subset of current replicas that still covers the demand.
-            sub = place(request(self.fleet, want, self._offers(current=current, caps=current)))
-            target = dict(sub.replicas)
-        else:
-            target = current
-        self.current = target
-        cost = sum(self.fleet.pool(p).replica_price_per_hour * n for p, n in target.items())
-        return Target(serving=target, warm=self._warm(cost))
+        self.scaling = step.state
+        self.current = step.replicas
+        cost = sum(self.fleet.pool(p).replica_price_per_hour * n for p, n in self.current.items())
+        return Target(serving=dict(self.current), warm=self._warm(cost))
 
 
 @dataclass

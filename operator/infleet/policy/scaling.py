@@ -1,0 +1,143 @@
+"""One control-loop step for one deployment: observation -> desired capacity -> replicas per pool.
+
+This joins the autoscaler (capacity in requests/s) and placement (replicas per pool) the way the operator and the
+simulator both run them, so the rules below hold in both:
+
+* **Scale up without moving what runs.** Only the missing capacity is placed, on what the pools have left: a
+  replica that serves is never replaced by a cheaper one that would first take a cold start.
+* **Scale down within what runs.** The cheapest subset of the current replicas that still covers the demand.
+* **Nothing is shed while capacity is still starting**: the start was ordered for a reason seen moments ago.
+* **Big replicas are shed late.** When one replica is more than a scale-down step (an H100 serving a load that
+  has fallen by a third), it goes only after the demand has fit without it for ``shed_after_s``, three cold starts
+  by default: releasing it saves its price per hour, getting it back costs a cold start of minutes during which
+  the SLO is at risk, so it is kept (ski-rental style) until it has been idle for several times that cost.
+* **Profiles are corrected by the live tail** (:func:`~infleet.policy.autoscaler.calibrate_capacity`), judged only
+  on a settled fleet (every replica ready).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from infleet.policy.autoscaler import (
+    AutoscalerConfig,
+    AutoscalerState,
+    LoadObservation,
+    ScalingDecision,
+    calibrate_capacity,
+    decide,
+)
+from infleet.policy.placement import place
+from infleet.policy.types import PlacementRequest, PoolOffer
+
+SHED_AFTER_COLD_STARTS = 3.0
+
+
+@dataclass(frozen=True)
+class FleetScalingConfig:
+    autoscaler: AutoscalerConfig
+    calibrate: bool = True
+    shed_after_s: float | None = None  # None: SHED_AFTER_COLD_STARTS x the longest cold start among the pools
+
+
+@dataclass(frozen=True)
+class FleetScalingState:
+    autoscaler: AutoscalerState = field(default_factory=AutoscalerState)
+    calibration: float = 1.0
+    spare_since_s: float | None = None
+
+
+@dataclass(frozen=True)
+class FleetScalingStep:
+    replicas: dict[str, int]
+    decision: ScalingDecision
+    state: FleetScalingState
+    calibration: float
+
+
+def _calibrated(offers: tuple[PoolOffer, ...], factor: float) -> tuple[PoolOffer, ...]:
+    return tuple(dataclasses.replace(o, replica_capacity_rps=o.replica_capacity_rps * factor) for o in offers)
+
+
+def scale_step(
+    config: FleetScalingConfig,
+    state: FleetScalingState,
+    obs: LoadObservation,
+    request: PlacementRequest,
+    ready: Mapping[str, int],
+) -> FleetScalingStep:
+    """Replicas per pool after observing ``obs``.
+
+    ``request.offers`` carry the current serving replicas (``current_replicas``, ready or starting) and uncalibrated
+    profile capacities; ``request.demand_rps`` is ignored (the autoscaler decides it); ``ready`` counts the ready
+    serving replicas per pool. Pure: the same inputs give the same step.
+    """
+    current = {o.pool: o.current_replicas for o in request.offers if o.current_replicas > 0}
+    settled = {p: n for p, n in ready.items() if n > 0} == current
+    factor = state.calibration
+    if config.calibrate and settled:
+        factor = calibrate_capacity(factor, obs.p99_latency_s, config.autoscaler.latency_target_s, obs.queue_depth)
+    offers = _calibrated(request.offers, factor)
+    caps = {o.pool: o.replica_capacity_rps for o in offers}
+    have = sum(caps.get(p, 0.0) * n for p, n in current.items())
+    ready_cap = sum(caps.get(p, 0.0) * n for p, n in ready.items())
+    auto_state = dataclasses.replace(state.autoscaler, desired_capacity_rps=have)
+    decision = decide(config.autoscaler, auto_state, dataclasses.replace(obs, ready_capacity_rps=ready_cap))
+    want = decision.desired_capacity_rps
+    spare_since = state.spare_since_s
+    target = dict(current)
+    if want > have + 1e-9:
+        spare_since = None
+        left = tuple(
+            dataclasses.replace(o, free_devices=max(0, o.free_devices - o.current_replicas * o.devices_per_replica))
+            for o in offers
+        )
+        extra = place(dataclasses.replace(request, demand_rps=want - have, offers=left, min_replicas=0))
+        for p, n in extra.replicas.items():
+            target[p] = target.get(p, 0) + n
+        if sum(target.values()) < request.min_replicas:
+            target = dict(place(dataclasses.replace(request, demand_rps=want, offers=offers)).replicas)
+    elif want < have - 1e-9 and settled:
+        capped = tuple(dataclasses.replace(o, max_replicas=o.current_replicas) for o in offers)
+        target = dict(place(dataclasses.replace(request, demand_rps=want, offers=capped)).replicas)
+        if target == current:
+            target, spare_since = _shed_one(config, decision, offers, current, obs.time_s, spare_since, request)
+        else:
+            spare_since = None
+    else:
+        spare_since = None
+    new_state = FleetScalingState(autoscaler=decision.state, calibration=factor, spare_since_s=spare_since)
+    return FleetScalingStep(replicas=target, decision=decision, state=new_state, calibration=factor)
+
+
+def _shed_one(
+    config: FleetScalingConfig,
+    decision: ScalingDecision,
+    offers: tuple[PoolOffer, ...],
+    current: dict[str, int],
+    now: float,
+    spare_since: float | None,
+    request: PlacementRequest,
+) -> tuple[dict[str, int], float | None]:
+    need = max((r for _, r in decision.state.recommendations), default=0.0)
+    by_pool = {o.pool: o for o in offers}
+    have = sum(by_pool[p].replica_capacity_rps * n for p, n in current.items())
+    spare = [p for p, n in current.items() if n > 0 and have - by_pool[p].replica_capacity_rps >= need]
+    if not spare or sum(current.values()) <= request.min_replicas:
+        return current, None
+    since = now if spare_since is None else spare_since
+    after = config.shed_after_s
+    if after is None:
+        after = SHED_AFTER_COLD_STARTS * max(by_pool[p].cold_start_s for p in current)
+    if now - since < after:
+        return current, since
+    # The least capacity per dollar goes first.
+    drop = max(
+        spare,
+        key=lambda p: (by_pool[p].replica_price_per_hour / max(by_pool[p].replica_capacity_rps, 1e-9), p),
+    )
+    out = dict(current)
+    out[drop] -= 1
+    return {p: n for p, n in out.items() if n}, None
