@@ -21,6 +21,7 @@ from infleet.controller.apply import apply_plan, existing_workloads
 from infleet.controller.fallback import Saturation, cap_saturated, hold_serving, update_saturation
 from infleet.controller.kube import Kube, Obj
 from infleet.controller.manifests import (
+    Device,
     ImageConfig,
     Owner,
     PoolRuntime,
@@ -46,7 +47,7 @@ from infleet.policy import PlacementPlan, place
 
 log = logging.getLogger("infleet.controller")
 
-DEVICE_OF_FAMILY = {"nvidia-gpu": "cuda", "aws-neuron": "neuron", "google-tpu": "xla", "cpu": "cpu"}
+DEVICE_OF_FAMILY: Mapping[str, Device] = {"nvidia-gpu": "cuda", "aws-neuron": "neuron", "google-tpu": "xla", "cpu": "cpu"}
 # What every worker pod asks for besides its devices (host memory for loading weights, a core for the server).
 DEFAULT_WORKER_REQUESTS: Mapping[str, str] = {"cpu": "1", "memory": "2Gi"}
 
@@ -97,13 +98,13 @@ def runtime_for(infd: InferenceDeployment, family: str) -> RuntimeOverride:
 def pool_runtime(choice: PoolChoice) -> PoolRuntime:
     spec = choice.pool.spec
     acc = spec.accelerator
-    units = acc.cpus_per_device or 1 if acc.family == "cpu" else 1
+    units = (acc.cpus_per_device or 1) if acc.family == "cpu" else 1
     defaults = dict(DEFAULT_WORKER_REQUESTS)
     if acc.family == "cpu":
         defaults.pop("cpu")
     return PoolRuntime(
         name=choice.pool.metadata.name or "",
-        device=DEVICE_OF_FAMILY[acc.family],  # type: ignore[arg-type]
+        device=DEVICE_OF_FAMILY[acc.family],
         node_selector=dict(spec.node_selector),
         tolerations=tuple(t.to_dict() for t in spec.tolerations),
         resource_name=acc.resource_name,

@@ -1,0 +1,117 @@
+"""Restart safety and peering with real `infleet run` processes: kill -9 at staggered points while objects are
+being created leaves no duplicate or orphaned workloads, and of two peered operators only the one with the
+higher priority reconciles (the other takes over when it leaves)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.controller.operator_process import OperatorProcess
+from tests.integration.controller.test_operator_on_cluster import ROOT, get, install, placed_and_ready, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def namespace(cluster: Any) -> Iterator[str]:
+    install(cluster)
+    ns = f"ctl-rs-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    try:
+        yield ns
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def owned_workloads(cluster: Any, ns: str, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    selector = f"infleet.io/deployment={name}"
+    deployments = get(cluster, "deployments", "-n", ns, "-l", selector)["items"]
+    pods = [
+        p for p in get(cluster, "pods", "-n", ns, "-l", selector)["items"] if not p["metadata"].get("deletionTimestamp")
+    ]
+    return deployments, pods
+
+
+def test_kill_9_mid_reconcile_then_restart_creates_no_duplicates(cluster: Any, namespace: str, tmp_path: Path) -> None:
+    log = tmp_path / "operator.log"
+    names = ["small-cpu-model", "chat-llm"]
+    for example in names:
+        cluster.kubectl("apply", "-n", namespace, "-f", str(ROOT / f"examples/{example}.yaml"))
+    saw_partial = False
+    # Kill at staggered moments of the first reconciles (login, first pass, status write, mid-apply).
+    for delay in (1.0, 1.8, 2.6, 3.4):
+        op = OperatorProcess(cluster.kubeconfig, namespace, log, "--standalone").start()
+        op.wait_live()
+        time.sleep(delay)
+        op.kill9()
+        counts = [len(owned_workloads(cluster, namespace, n)[0]) for n in names]
+        saw_partial = saw_partial or any(counts)
+    op = OperatorProcess(cluster.kubeconfig, namespace, log, "--standalone").start()
+    try:
+        op.wait_live()
+        for name in names:
+            wait_for(f"{name} placed", lambda name=name: placed_and_ready(cluster, namespace, name), timeout=120)
+        time.sleep(6)  # a few more periodic reconciles: nothing may be added
+        for name in names:
+            obj = get(cluster, "infd", "-n", namespace, name)
+            want = {(p["pool"], "serving"): p["desired"] for p in obj["status"]["pools"] if p["desired"]}
+            want.update({(p["pool"], "warm"): p["warm"] for p in obj["status"]["pools"] if p["warm"]})
+            deployments, pods = owned_workloads(cluster, namespace, name)
+            keys = [
+                (d["metadata"]["labels"]["infleet.io/pool"], d["metadata"]["labels"]["infleet.io/role"])
+                for d in deployments
+            ]
+            assert len(keys) == len(set(keys)), f"duplicate workloads: {keys}"
+            assert set(keys) == set(want), (keys, want)
+            assert len(pods) == sum(want.values()), f"{len(pods)} pods for {want}"
+            uid = obj["metadata"]["uid"]
+            for d in deployments:
+                assert [r["uid"] for r in d["metadata"]["ownerReferences"]] == [uid]
+            rs_names = {r["metadata"]["name"] for r in get(cluster, "replicasets", "-n", namespace)["items"]}
+            for p in pods:
+                (ref,) = p["metadata"]["ownerReferences"]
+                assert ref["kind"] == "ReplicaSet" and ref["name"] in rs_names, "orphaned pod"
+    finally:
+        op.stop()
+    assert saw_partial, "no kill landed after the operator had started creating objects"
+
+
+def test_of_two_peered_operators_only_one_acts(cluster: Any, namespace: str, tmp_path: Path) -> None:
+    peering = f"infleet-{namespace}"
+    high = OperatorProcess(
+        cluster.kubeconfig, namespace, tmp_path / "high.log", "--peering", peering, "--priority", "200"
+    )
+    low = OperatorProcess(
+        cluster.kubeconfig, namespace, tmp_path / "low.log", "--peering", peering, "--priority", "100"
+    )
+    try:
+        high.start().wait_live()
+        wait_for(
+            "the first operator in the peering object",
+            lambda: (get(cluster, "kopfpeerings", "-n", namespace, peering) or {}).get("status"),
+            timeout=60,
+        )
+        low.start().wait_live()  # starts paused: a live peer with a higher priority exists
+        cluster.kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples/small-cpu-model.yaml"))
+        wait_for("placed", lambda: placed_and_ready(cluster, namespace, "small-cpu-model"), timeout=120)
+        time.sleep(6)
+        acted = high.metric("infleet_reconcile_total", kind="InferenceDeployment", result="success")
+        assert acted >= 2
+        for result in ("success", "retry", "error", "permanent_error"):
+            assert low.metric("infleet_reconcile_total", kind="InferenceDeployment", result=result) == 0, low.log_tail()
+        # A graceful stop leaves the peering at once, and the remaining operator takes over.
+        high.stop()
+        wait_for(
+            "the second operator to take over",
+            lambda: low.metric("infleet_reconcile_total", kind="InferenceDeployment", result="success") > 0,
+            timeout=60,
+        )
+    finally:
+        high.stop()
+        low.stop()
