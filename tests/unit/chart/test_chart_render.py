@@ -122,6 +122,12 @@ def test_rbac_options(render: Render) -> None:
     assert not by_kind(minimal, "ServiceAccount")
     assert not by_kind(render(sets=("rbac.create=false",)), "ClusterRole")
 
+    def resources(objs: list[dict[str, Any]]) -> set[str]:
+        return {res for r in by_kind(objs, "ClusterRole")[0]["rules"] for res in r["resources"]}
+
+    assert "namespaces" not in resources(render()), "cluster-wide kopf does not observe namespaces"
+    assert "namespaces" in resources(render("ha-values.yaml")), "kopf observes the namespaces it is given"
+
 
 def _crd_docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
