@@ -47,7 +47,12 @@ from infleet.policy import PlacementPlan, place
 
 log = logging.getLogger("infleet.controller")
 
-DEVICE_OF_FAMILY: Mapping[str, Device] = {"nvidia-gpu": "cuda", "aws-neuron": "neuron", "google-tpu": "xla", "cpu": "cpu"}
+DEVICE_OF_FAMILY: Mapping[str, Device] = {
+    "nvidia-gpu": "cuda",
+    "aws-neuron": "neuron",
+    "google-tpu": "xla",
+    "cpu": "cpu",
+}
 # What every worker pod asks for besides its devices (host memory for loading weights, a core for the server).
 DEFAULT_WORKER_REQUESTS: Mapping[str, str] = {"cpu": "1", "memory": "2Gi"}
 
