@@ -30,9 +30,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--priority", type=int, default=None, help="peering priority; the highest live replica acts")
     p.add_argument("--standalone", action="store_true", help="no peering: act regardless of other replicas")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
-    p.add_argument(
-        "--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL ('' to disable)"
-    )
+    p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL ('' to disable)")
     p.add_argument(
         "--fallback-after-seconds",
         type=float,
@@ -40,6 +38,11 @@ def register(subparsers: Any) -> None:
         help="override every deployment's placement.fallbackAfterSeconds",
     )
     p.add_argument("--interval", type=float, default=10.0, help="seconds between periodic reconciles of each object")
+    p.add_argument(
+        "--no-autoscale",
+        action="store_true",
+        help="do not scrape workers; replicas follow the declared throughput and scaling bounds only",
+    )
     p.add_argument("--image-repository", default=None, help="worker image repository (suffixed -cuda, -cpu, ...)")
     p.add_argument("--image-tag", default=None, help="worker image tag (default: the operator's version)")
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="log format (default json)")
@@ -50,11 +53,13 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
+    from infleet.controller.autoscale import Autoscaling
     from infleet.controller.handlers import Context, register_handlers
     from infleet.controller.kube import Kube
     from infleet.controller.manifests import ImageConfig
     from infleet.controller.metrics import OperatorMetrics
     from infleet.controller.reconcile import Settings
+    from infleet.controller.scrape import HttpMetricsSource
 
     kopf.configure(
         verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
@@ -70,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
     metrics = OperatorMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
-    ctx = Context(kube=kube, settings=Settings(images=images, fallback_after=fallback), metrics=metrics)
+    autoscaling = None if args.no_autoscale else Autoscaling(HttpMetricsSource(), period_s=args.interval)
+    ctx = Context(
+        kube=kube,
+        settings=Settings(images=images, fallback_after=fallback, autoscaling=autoscaling),
+        metrics=metrics,
+    )
     ctx.interval_s = args.interval
 
     registry = kopf.OperatorRegistry()

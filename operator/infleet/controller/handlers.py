@@ -174,6 +174,8 @@ def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def on_delete(body: kopf.Body, **_: Any) -> None:
         # Owner references make the garbage collector remove the workloads; only our own series go here.
         ctx.metrics.forget_deployment(body["metadata"]["namespace"], body["metadata"]["name"])
+        if ctx.settings.autoscaling is not None:
+            ctx.settings.autoscaling.forget(f"{body['metadata']['namespace']}/{body['metadata']['name']}")
 
     def on_pool(body: kopf.Body, **_: Any) -> None:
         reconcile_pool(ctx, body)

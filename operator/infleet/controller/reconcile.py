@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from infleet.api import AcceleratorPool, InferenceDeployment
 from infleet.controller.apply import apply_plan, existing_workloads
+from infleet.controller.autoscale import Autoscaling
 from infleet.controller.fallback import Saturation, cap_saturated, hold_serving, update_saturation
 from infleet.controller.kube import Kube, Obj
 from infleet.controller.manifests import (
@@ -39,11 +40,13 @@ from infleet.controller.snapshot import (
     node_usage,
     own_pods,
     parse_quantity,
+    pod_ready,
     pool_capacity,
     read_cluster,
 )
 from infleet.controller.status import Cond, budget_condition, merge_conditions, newly_false, post_event, ready_condition
-from infleet.policy import PlacementPlan, place
+from infleet.policy import PlacementPlan, PlacementRequest, place
+from infleet.policy.scaling import FleetScalingStep
 
 log = logging.getLogger("infleet.controller")
 
@@ -61,6 +64,7 @@ DEFAULT_WORKER_REQUESTS: Mapping[str, str] = {"cpu": "1", "memory": "2Gi"}
 class Settings:
     images: ImageConfig = field(default_factory=ImageConfig)
     fallback_after: timedelta | None = None  # overrides every deployment's placement.fallbackAfterSeconds
+    autoscaling: Autoscaling | None = None  # None: replicas follow the declared throughput only
 
 
 @dataclass
@@ -160,7 +164,8 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
     choices = [choose(p, infd) for p in chosen]
     usable = [c for c in choices if c.capacity_rps > 0]
     owner = Owner(body["apiVersion"], body["kind"], name, namespace, meta["uid"])
-    pods = group_pods(own_pods(view, namespace, name))
+    mine = own_pods(view, namespace, name)
+    pods = group_pods(mine)
     serving_pods = pods.serving
     free, room = _room(view, usable=usable, infd=infd, namespace=namespace, name=name, pools=pools)
     saturated = update_saturation(
@@ -176,6 +181,14 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
     )
     request = replace(request, offers=cap_saturated(request.offers, saturated, serving_pods))
     plan = place(request) if usable else None
+    step = None
+    if settings.autoscaling is not None and infd.spec.scaling.mode == "Auto" and plan is not None:
+        ready_now = {pool: pp.ready for pool, pp in serving_pods.items() if pp.ready}
+        step = settings.autoscaling.step(
+            f"{namespace}/{name}", infd, request, ready_now, _ready_serving(mine), now.timestamp()
+        )
+        if step is not None:
+            plan = _plan_of_step(request, step)
 
     budget = infd.spec.cost.max_hourly_cost_usd
     unmet = plan is not None and plan.status not in ("ok", "idle")
@@ -278,11 +291,17 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
     newly_saturated = sorted(set(saturated) - set(previous_saturation(body, now)))
     if newly_saturated or target != _previous_desired(previous_status) or not previous_status.get("lastDecision"):
         kind, reason = ("Fallback", "PoolSaturated") if newly_saturated else ("Placement", "Replan")
+        if step is not None and not newly_saturated and step.decision.direction != "hold":
+            kind, reason = ("ScaleUp", "Load") if step.decision.direction == "up" else ("ScaleDown", "Load")
+            message_prefix = f"{step.decision.reason}; "
+        else:
+            message_prefix = ""
         message = _describe(plan) if plan is not None else conds[0].message
         if newly_saturated:
             why = "; ".join(saturated[p].message for p in newly_saturated)
             message = f"pool(s) {', '.join(newly_saturated)} out of capacity ({why}); now {message}"
             events.append(("Warning", "PoolSaturated", message))
+        message = message_prefix + message
         status["lastDecision"] = {"time": _stamp(now), "kind": kind, "reason": reason, "message": message[:32000]}
     else:
         status["lastDecision"] = previous_status.get("lastDecision")
@@ -303,6 +322,30 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
         generation=generation,
         events=events,
         saturated=sorted(saturated),
+    )
+
+
+def _ready_serving(pods: list[Obj]) -> list[Obj]:
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get("infleet.io/role") == "serving" and pod_ready(p)]
+
+
+def _plan_of_step(request: PlacementRequest, step: FleetScalingStep) -> PlacementPlan:
+    """The autoscaler's replicas in the plan shape the status code reads (capacity vs. the desired capacity)."""
+    offers = {o.pool: o for o in request.offers}
+    replicas = {p: n for p, n in sorted(step.replicas.items()) if n > 0 and p in offers}
+    capacity = sum(offers[p].replica_capacity_rps * step.calibration * n for p, n in replicas.items())
+    cost = sum(offers[p].replica_price_per_hour * n for p, n in replicas.items())
+    want = step.decision.desired_capacity_rps
+    short = max(0.0, want - capacity)
+    return PlacementPlan(
+        deployment=request.deployment,
+        replicas=replicas,
+        cost_per_hour=cost,
+        capacity_rps=capacity,
+        status="ok" if short <= 1e-6 else "insufficient_capacity",
+        shortfall_rps=short,
+        reason=step.decision.reason,
+        solver="scale_step",
     )
 
 
