@@ -194,6 +194,27 @@ def test_missing_pool_is_a_false_condition_with_an_event(env: tuple[Any, str, Op
     assert op.metric("infleet_reconcile_total", kind="InferenceDeployment", result="error") == 0
 
 
+def test_model_that_fits_no_allowed_pool_is_explained(env: tuple[Any, str, OperatorProcess]) -> None:
+    cluster, ns, _ = env
+    manifest = yaml.safe_load((ROOT / "examples/chat-llm.yaml").read_text())
+    manifest["metadata"]["name"] = "too-big"
+    manifest["spec"]["model"]["parametersBillions"] = 405  # ~905 GiB in bf16: no L4 node holds it
+    manifest["spec"]["placement"] = {"pools": ["l4-spot", "l4-on-demand"]}
+    apply_infd(cluster, ns, manifest)
+
+    def placed_false() -> dict[str, Any] | None:
+        c = condition(get(cluster, "infd", "-n", ns, "too-big"), "Placed")
+        return c if c.get("status") == "False" else None
+
+    cond = wait_for("Placed=False", placed_false)
+    assert cond["reason"] == "NoFittingPool"
+    # Each pool says why not: the model's footprint against what one replica's devices hold.
+    assert "l4-spot: model needs 905 GiB" in cond["message"]
+    assert "l4-on-demand: model needs 905 GiB" in cond["message"]
+    assert not pods_of(cluster, ns, "too-big")
+    assert condition(get(cluster, "infd", "-n", ns, "too-big"), "Ready")["status"] == "False"
+
+
 def test_deleting_a_deployment_removes_everything_it_owned(env: tuple[Any, str, OperatorProcess]) -> None:
     cluster, ns, _ = env
     manifest = yaml.safe_load((ROOT / "examples/small-cpu-model.yaml").read_text())
