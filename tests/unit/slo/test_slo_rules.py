@@ -131,6 +131,14 @@ def test_between_bucket_target_is_reported_in_rule() -> None:
     assert 'le=~"0\\\\.75"' in rule["spec"]["groups"][0]["rules"][0]["expr"]
 
 
+def test_every_runbook_link_has_a_section() -> None:
+    text = (REPO / "docs" / "runbooks.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^## (.+)$", text, re.M)}
+    for a in _alerts(burn_rate_alerts("ns", "d", 0.5, ttft_target_s=0.25)):
+        path, _, anchor = a["annotations"]["runbook_url"].partition("#")
+        assert path == "docs/runbooks.md" and anchor in anchors, anchor
+
+
 def test_recording_rules_only_use_contract_metrics() -> None:
     text = (REPO / "docs" / "metrics.md").read_text()
     contract = set(re.findall(r"`(infleet_[a-z_]+)`", text))
