@@ -89,6 +89,7 @@ class Workload:
     replicas: int
     model: str
     runtime: RuntimeOverride = field(default_factory=RuntimeOverride)
+    source: str = ""  # spec.model.source; empty: the worker is given the model name
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,38 @@ def label_selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
+MODELS_MOUNT = "/models"
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """How the worker finds the weights: its --model argument and, for a PVC, the volume to mount."""
+
+    argument: str
+    claim: str | None = None
+
+
+def model_location(source: str, name: str) -> ModelLocation:
+    """``builtin://tiny`` -> ``tiny``; ``file:///m/x`` -> ``/m/x``; ``pvc://claim/sub/dir`` -> the claim mounted
+    read-only at /models/claim and ``/models/claim/sub/dir``; anything else is passed to the worker as is."""
+    if not source:
+        return ModelLocation(name)
+    scheme, sep, rest = source.partition("://")
+    if not sep:
+        return ModelLocation(source)
+    if scheme == "builtin":
+        return ModelLocation(rest)
+    if scheme == "file":
+        return ModelLocation(rest if rest.startswith("/") else f"/{rest}")
+    if scheme == "pvc":
+        claim, _, sub = rest.partition("/")
+        if not claim:
+            raise ValueError(f"model source {source!r}: pvc:// needs a claim name")
+        path = f"{MODELS_MOUNT}/{claim}" + (f"/{sub}" if sub else "")
+        return ModelLocation(path, claim)
+    return ModelLocation(source)
+
+
 def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[str, Any]:
     images = images or ImageConfig()
     labels = selector_labels(w.owner.name, w.pool.name, w.role)
@@ -140,9 +173,12 @@ def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[st
         resources["limits"][w.pool.resource_name] = count
     resources["requests"].update(w.runtime.requests)
     resources["limits"].update(w.runtime.limits)
+    location = model_location(w.source, w.model)
     args = [
         "serve",
         "--model",
+        location.argument,
+        "--served-model-name",
         w.model,
         "--device",
         w.pool.device,
@@ -168,6 +204,13 @@ def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[st
         "nodeSelector": dict(w.pool.node_selector),
         "tolerations": [dict(t) for t in w.pool.tolerations],
     }
+    if location.claim is not None:
+        pod_spec["volumes"] = [
+            {"name": "models", "persistentVolumeClaim": {"claimName": location.claim, "readOnly": True}}
+        ]
+        container["volumeMounts"] = [
+            {"name": "models", "mountPath": f"{MODELS_MOUNT}/{location.claim}", "readOnly": True}
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

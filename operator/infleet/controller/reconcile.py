@@ -241,13 +241,27 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
             fam = runtimes[pool].pool.spec.accelerator.family
             workloads.append(
                 Workload(
-                    owner, pool_runtime(runtimes[pool]), "serving", n, infd.spec.model.name, runtime_for(infd, fam)
+                    owner,
+                    pool_runtime(runtimes[pool]),
+                    "serving",
+                    n,
+                    infd.spec.model.name,
+                    runtime_for(infd, fam),
+                    infd.spec.model.source,
                 )
             )
     for pool, n in warm.items():
         fam = runtimes[pool].pool.spec.accelerator.family
         workloads.append(
-            Workload(owner, pool_runtime(runtimes[pool]), "warm", n, infd.spec.model.name, runtime_for(infd, fam))
+            Workload(
+                owner,
+                pool_runtime(runtimes[pool]),
+                "warm",
+                n,
+                infd.spec.model.name,
+                runtime_for(infd, fam),
+                infd.spec.model.source,
+            )
         )
     applied = apply_plan(kube, owner, workloads, settings.images)
     for w in workloads:

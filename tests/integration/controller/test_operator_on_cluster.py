@@ -65,11 +65,47 @@ def install(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "examples/pools.yaml"))
 
 
+def provide_models_pvc(cluster: Any, ns: str) -> None:
+    """The `models` claim the examples load from (`source: pvc://models/...`), bound to a static volume: the
+    worker pods mount it, and the scheduler will not place a pod whose claim is missing or unbound."""
+    manifests = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{ns}-models", "labels": {"infleet.io/test-owner": ns}},
+            "spec": {
+                "capacity": {"storage": "100Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "hostPath": {"path": "/models"},
+                "claimRef": {"namespace": ns, "name": "models"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models", "namespace": ns},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": f"{ns}-models",
+                "resources": {"requests": {"storage": "100Gi"}},
+            },
+        },
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+
+
+def remove_models_pv(cluster: Any, ns: str) -> None:
+    cluster.kubectl("delete", "pv", f"{ns}-models", "--wait=false", check=False)
+
+
 @pytest.fixture(scope="module")
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str, OperatorProcess]]:
     install(cluster)
     ns = f"ctl-it-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
+    provide_models_pvc(cluster, ns)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(cluster.kubeconfig, ns, log, "--standalone").start()
     try:
@@ -79,6 +115,7 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         op.stop()
         print(op.log_tail(3000))
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        remove_models_pv(cluster, ns)
 
 
 def pods_of(cluster: Any, ns: str, infd: str) -> list[dict[str, Any]]:
@@ -133,6 +170,15 @@ def test_example_is_placed_on_pods_bound_to_its_pools(env: tuple[Any, str, Opera
             assert pool in allowed_pools
         resource = pool_objs[pool]["spec"]["accelerator"]["resourceName"]
         assert resource in pod["spec"]["containers"][0]["resources"]["requests"]
+        args = pod["spec"]["containers"][0]["args"]
+        assert args[args.index("--served-model-name") + 1] == manifest["spec"]["model"]["name"]
+        source = manifest["spec"]["model"]["source"]
+        if source.startswith("pvc://"):
+            claim = source.removeprefix("pvc://").split("/")[0]
+            assert {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}} in pod["spec"][
+                "volumes"
+            ]
+            assert args[args.index("--model") + 1] == "/models/" + source.removeprefix("pvc://")
     if manifest["spec"].get("placement", {}).get("minOnDemandReplicas"):
         assert any(pool_objs[p]["spec"]["capacityType"] == "on-demand" for p in status_pools)
     assert obj["status"]["costPerHourUSD"] > 0

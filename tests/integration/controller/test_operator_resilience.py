@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from tests.integration.controller.operator_process import OperatorProcess
-from tests.integration.controller.test_operator_on_cluster import ROOT, get, install, placed_and_ready, wait_for
+from tests.integration.controller.test_operator_on_cluster import (
+    ROOT,
+    get,
+    install,
+    placed_and_ready,
+    provide_models_pvc,
+    remove_models_pv,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -23,10 +31,12 @@ def namespace(cluster: Any) -> Iterator[str]:
     install(cluster)
     ns = f"ctl-rs-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
+    provide_models_pvc(cluster, ns)
     try:
         yield ns
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        remove_models_pv(cluster, ns)
 
 
 def owned_workloads(cluster: Any, ns: str, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

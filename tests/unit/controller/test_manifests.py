@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import pytest
+
 from infleet.controller.manifests import (
     ImageConfig,
     Owner,
     PoolRuntime,
     RuntimeOverride,
     Workload,
+    model_location,
     render_deployment,
     render_service,
     service_name,
@@ -58,9 +61,11 @@ def test_deployment_lands_only_on_its_pool_with_devices_requested() -> None:
     assert c["resources"]["requests"] == {"memory": "2Gi", "nvidia.com/gpu": "2"}
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
     assert c["command"] == ["infleet-worker"]
-    assert c["args"][:9] == [
+    assert c["args"] == [
         "serve",
         "--model",
+        "llama-3-8b",
+        "--served-model-name",
         "llama-3-8b",
         "--device",
         "cuda",
@@ -87,8 +92,8 @@ def test_owner_reference_makes_deletion_cascade() -> None:
         "blockOwnerDeletion": True,
     }
     assert d["metadata"]["name"] == "chat-l4-spot-warm"
-    assert "--state" in d["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert d["spec"]["template"]["spec"]["containers"][0]["args"][8] == "warm"
+    args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--state") + 1] == "warm"
 
 
 def test_runtime_override_replaces_image_and_merges_resources() -> None:
@@ -110,6 +115,36 @@ def test_cpu_pool_requests_vcpus_of_its_slices_and_configured_image() -> None:
     assert c["resources"]["requests"] == {"cpu": "8"}
     assert c["image"] == "my/worker-cpu:dev"
     assert d["spec"]["template"]["spec"]["tolerations"] == []
+
+
+@pytest.mark.parametrize(
+    ("source", "argument", "claim"),
+    [
+        ("builtin://tiny", "tiny", None),
+        ("file:///models/qwen", "/models/qwen", None),
+        ("pvc://models/llama-3-8b", "/models/models/llama-3-8b", "models"),
+        ("pvc://weights", "/models/weights", "weights"),
+        ("s3://bucket/path", "s3://bucket/path", None),
+        ("", "the-name", None),
+    ],
+)
+def test_model_source_becomes_the_worker_argument(source: str, argument: str, claim: str | None) -> None:
+    loc = model_location(source, "the-name")
+    assert (loc.argument, loc.claim) == (argument, claim)
+
+
+def test_pvc_source_mounts_the_claim_read_only() -> None:
+    d = render_deployment(Workload(OWNER, L4, "serving", 1, "llama", source="pvc://models/llama-3-8b"))
+    pod = d["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}]
+    c = pod["containers"][0]
+    assert c["volumeMounts"] == [{"name": "models", "mountPath": "/models/models", "readOnly": True}]
+    assert c["args"][1:5] == ["--model", "/models/models/llama-3-8b", "--served-model-name", "llama"]
+
+
+def test_pvc_source_without_a_claim_is_an_error() -> None:
+    with pytest.raises(ValueError, match="claim"):
+        model_location("pvc://", "x")
 
 
 def test_service_selects_only_serving_pods() -> None:
