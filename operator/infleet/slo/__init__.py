@@ -14,17 +14,20 @@ from infleet.slo.burnrate import (
     error_ratio_record,
     rule_file,
 )
+from infleet.slo.deployment import PROMETHEUS_RULES_PLURAL, prometheus_rule_for
 from infleet.slo.recording import recording_rules
 
 __all__ = [
     "BURN_WINDOWS",
     "LATENCY_BUCKETS_S",
+    "PROMETHEUS_RULES_PLURAL",
     "BucketChoice",
     "BurnWindow",
     "alert_name",
     "bucket_for_target",
     "burn_rate_alerts",
     "error_ratio_record",
+    "prometheus_rule_for",
     "recording_rules",
     "rule_file",
 ]
