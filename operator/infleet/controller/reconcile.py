@@ -29,6 +29,7 @@ from infleet.controller.manifests import (
     RuntimeOverride,
     Workload,
     label_selector,
+    model_location,
     selector_labels,
 )
 from infleet.controller.metrics import OperatorMetrics
@@ -157,6 +158,10 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
             generation=generation,
             events=[],
         )
+
+    waiting = _wait_for_claim(kube, infd, namespace, name, prev_conditions, now, generation)
+    if waiting is not None:
+        return waiting
 
     view = read_cluster(kube)
     pools = parse_pools(view.pools)
@@ -336,6 +341,44 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
         generation=generation,
         events=events,
         saturated=sorted(saturated),
+    )
+
+
+def _wait_for_claim(
+    kube: Kube,
+    infd: InferenceDeployment,
+    namespace: str,
+    name: str,
+    prev_conditions: list[Obj],
+    now: datetime,
+    generation: int | None,
+) -> Result | None:
+    """A Result saying the model's PersistentVolumeClaim is missing, or None when there is nothing to wait for.
+
+    Pods mounting a missing claim would stay Pending on every pool (and look like saturation), so placement waits
+    for it, touching nothing that already runs.
+    """
+    claim = model_location(infd.spec.model.source, infd.spec.model.name).claim
+    if claim is None or kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}") is not None:
+        return None
+    message = (
+        f"spec.model.source {infd.spec.model.source} names PersistentVolumeClaim {claim!r}, which does not "
+        f"exist in namespace {namespace}; create it (with the model's weights) and placement continues"
+    )
+    serving = group_pods(own_pods(read_cluster(kube), namespace, name)).serving
+    ready_now = sum(pp.ready for pp in serving.values())
+    total = sum(pp.total for pp in serving.values())
+    conds = [
+        Cond("Placed", "False", "ModelClaimNotFound", message),
+        ready_condition(total, ready_now, placed=False) if total else Cond("Ready", "False", "NotPlaced", message),
+    ]
+    return _finish(
+        prev_conditions,
+        conds=conds,
+        status={"replicas": total, "readyReplicas": ready_now},
+        now=now,
+        generation=generation,
+        events=[],
     )
 
 

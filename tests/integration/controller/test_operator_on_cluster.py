@@ -65,30 +65,30 @@ def install(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "examples/pools.yaml"))
 
 
-def provide_models_pvc(cluster: Any, ns: str) -> None:
+def provide_models_pvc(cluster: Any, ns: str, claim: str = "models") -> None:
     """The `models` claim the examples load from (`source: pvc://models/...`), bound to a static volume: the
     worker pods mount it, and the scheduler will not place a pod whose claim is missing or unbound."""
     manifests = [
         {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": f"{ns}-models", "labels": {"infleet.io/test-owner": ns}},
+            "metadata": {"name": f"{ns}-{claim}", "labels": {"infleet.io/test-owner": ns}},
             "spec": {
                 "capacity": {"storage": "100Gi"},
                 "accessModes": ["ReadOnlyMany"],
                 "storageClassName": "",
                 "hostPath": {"path": "/models"},
-                "claimRef": {"namespace": ns, "name": "models"},
+                "claimRef": {"namespace": ns, "name": claim},
             },
         },
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models", "namespace": ns},
+            "metadata": {"name": claim, "namespace": ns},
             "spec": {
                 "accessModes": ["ReadOnlyMany"],
                 "storageClassName": "",
-                "volumeName": f"{ns}-models",
+                "volumeName": f"{ns}-{claim}",
                 "resources": {"requests": {"storage": "100Gi"}},
             },
         },
@@ -97,7 +97,7 @@ def provide_models_pvc(cluster: Any, ns: str) -> None:
 
 
 def remove_models_pv(cluster: Any, ns: str) -> None:
-    cluster.kubectl("delete", "pv", f"{ns}-models", "--wait=false", check=False)
+    cluster.kubectl("delete", "pv", "-l", f"infleet.io/test-owner={ns}", "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +259,25 @@ def test_model_that_fits_no_allowed_pool_is_explained(env: tuple[Any, str, Opera
     assert "l4-on-demand: model needs 905 GiB" in cond["message"]
     assert not pods_of(cluster, ns, "too-big")
     assert condition(get(cluster, "infd", "-n", ns, "too-big"), "Ready")["status"] == "False"
+
+
+def test_missing_model_claim_waits_with_a_clear_condition(env: tuple[Any, str, OperatorProcess]) -> None:
+    cluster, ns, _ = env
+    manifest = yaml.safe_load((ROOT / "examples/small-cpu-model.yaml").read_text())
+    manifest["metadata"]["name"] = "no-claim"
+    manifest["spec"]["model"]["source"] = "pvc://other-weights/qwen"
+    apply_infd(cluster, ns, manifest)
+
+    def placed_false() -> dict[str, Any] | None:
+        c = condition(get(cluster, "infd", "-n", ns, "no-claim"), "Placed")
+        return c if c.get("status") == "False" else None
+
+    cond = wait_for("Placed=False", placed_false)
+    assert cond["reason"] == "ModelClaimNotFound"
+    assert "'other-weights'" in cond["message"]
+    assert not pods_of(cluster, ns, "no-claim")
+    provide_models_pvc(cluster, ns, "other-weights")
+    wait_for("placed once the claim exists", lambda: placed_and_ready(cluster, ns, "no-claim"))
 
 
 def test_deleting_a_deployment_removes_everything_it_owned(env: tuple[Any, str, OperatorProcess]) -> None:
