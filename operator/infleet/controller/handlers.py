@@ -7,6 +7,7 @@ InferenceDeployment from reconciling it at the same time.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -191,3 +192,24 @@ def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     kopf.timer(*resource, registry=registry, id="converge", interval=ctx.interval_s, initial_delay=0.5)(on_change)
     kopf.on.delete(*resource, registry=registry, id="forget", optional=True)(on_delete)
     kopf.timer(GROUP, VERSION, POOLS, registry=registry, id="observe", interval=max(ctx.interval_s, 5.0))(on_pool)
+    _timers_without_finalizers(registry)
+
+
+def _timers_without_finalizers(registry: kopf.OperatorRegistry) -> None:
+    """Drop the finalizer kopf puts on every object that has a timer.
+
+    kopf adds it so a timer can stop gracefully before its object goes; but with the operator stopped (uninstalled,
+    scaled to zero, a test that ended) it makes every InferenceDeployment and AcceleratorPool undeletable, and
+    their namespaces hang in Terminating. Our timers need no goodbye: a reconcile is idempotent and owner
+    references do the cleanup. kopf has no public switch for this, so the registered timer handlers are rewritten;
+    if kopf's internals ever change shape, the finalizers simply stay (with a warning).
+    """
+    spawning = getattr(registry, "_spawning", None)
+    handlers = getattr(spawning, "_handlers", None)
+    if not isinstance(handlers, list) or not all(dataclasses.is_dataclass(h) for h in handlers):
+        log.warning("kopf internals changed: timers keep their finalizers")
+        return
+    handlers[:] = [
+        dataclasses.replace(h, requires_finalizer=False) if getattr(h, "requires_finalizer", None) else h
+        for h in handlers
+    ]

@@ -125,3 +125,25 @@ def test_of_two_peered_operators_only_one_acts(cluster: Any, namespace: str, tmp
     finally:
         high.stop()
         low.stop()
+
+
+def test_objects_stay_deletable_after_the_operator_is_gone(cluster: Any, namespace: str, tmp_path: Path) -> None:
+    op = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "operator.log", "--standalone").start()
+    try:
+        op.wait_live()
+        cluster.kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples/small-cpu-model.yaml"))
+        obj = wait_for("placed", lambda: placed_and_ready(cluster, namespace, "small-cpu-model"), timeout=120)
+    finally:
+        op.stop()
+    # kopf would put a finalizer on every object with a timer; with the operator gone that blocks deletion.
+    assert not obj["metadata"].get("finalizers"), obj["metadata"].get("finalizers")
+    cluster.kubectl("delete", "infd", "-n", namespace, "small-cpu-model", "--wait=true", "--timeout=30s")
+    wait_for(
+        "owned objects gone",
+        lambda: (
+            not get(cluster, "deployments,pods", "-n", namespace, "-l", "infleet.io/deployment=small-cpu-model")[
+                "items"
+            ]
+        ),
+        timeout=60,
+    )
