@@ -70,7 +70,7 @@ SCHEMA: dict[str, Any] = {
         "serviceMonitor": obj({"enabled": BOOL, "labels": STR_MAP, "interval": DURATION}),
         "podMonitor": obj({"enabled": BOOL, "labels": STR_MAP, "interval": DURATION,
                            "namespaceSelector": K8S_OBJ}),
-        "prometheusRule": obj({"enabled": BOOL, "labels": STR_MAP}),
+        "prometheusRule": obj({"enabled": BOOL, "labels": STR_MAP, "operatorAlerts": BOOL}),
         "dashboards": obj({
             "enabled": BOOL,
             "namespace": STR,

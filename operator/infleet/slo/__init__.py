@@ -15,6 +15,7 @@ from infleet.slo.burnrate import (
     rule_file,
 )
 from infleet.slo.deployment import PROMETHEUS_RULES_PLURAL, prometheus_rule_for
+from infleet.slo.operator_alerts import operator_alerts
 from infleet.slo.recording import recording_rules
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "bucket_for_target",
     "burn_rate_alerts",
     "error_ratio_record",
+    "operator_alerts",
     "prometheus_rule_for",
     "recording_rules",
     "rule_file",

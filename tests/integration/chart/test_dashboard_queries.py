@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infleet.slo import burn_rate_alerts, recording_rules, rule_file
+from infleet.slo import burn_rate_alerts, operator_alerts, recording_rules, rule_file
 from infleet.slo.render import to_yaml
 from tests.integration.chart.chart_cluster import (
     CHART,
@@ -80,9 +80,10 @@ def stack(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
             rules = tmp / "slo.yaml"
             rules.write_text(to_yaml(rule_file(burn_rate_alerts(ns, "chat", 3.0, ttft_target_s=0.8))))
             (tmp / "recording.yaml").write_text(to_yaml(recording_rules()))
+            (tmp / "operator-alerts.yaml").write_text(to_yaml(operator_alerts()))
             config = {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-                "rule_files": [str(rules), str(tmp / "recording.yaml")],
+                "rule_files": [str(rules), str(tmp / "recording.yaml"), str(tmp / "operator-alerts.yaml")],
                 "scrape_configs": [
                     {"job_name": "infleet-workers", "static_configs": [{
                         "targets": [f"127.0.0.1:{worker_port}"],

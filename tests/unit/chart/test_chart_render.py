@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infleet.slo import recording_rules
+from infleet.slo import operator_alerts, recording_rules
 from tests.unit.chart.chart_helpers import CHART, REPO, Render, by_kind, run_helm
 
 VALUES_FILES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
@@ -167,7 +167,11 @@ def test_monitoring_objects(render: Render) -> None:
     targets = {r["targetLabel"] for r in pm["spec"]["podMetricsEndpoints"][0]["relabelings"]}
     assert targets == {"deployment", "pool", "role"}
     (rule,) = by_kind(objs, "PrometheusRule")
-    assert rule["spec"] == recording_rules(), "regenerate charts/infleet/files/recording-rules.yaml"
+    assert rule["spec"]["groups"] == recording_rules()["groups"] + operator_alerts()["groups"], (
+        "regenerate charts/infleet/files/*.yaml with python -m infleet.slo.render")
+    (quiet,) = by_kind(render("monitoring-values.yaml", sets=("prometheusRule.operatorAlerts=false",)),
+                       "PrometheusRule")
+    assert quiet["spec"]["groups"] == recording_rules()["groups"]
     maps = by_kind(objs, "ConfigMap")
     assert {m["metadata"]["namespace"] for m in maps} == {"monitoring"}
     assert all(m["metadata"]["labels"]["grafana_dashboard"] == "1" for m in maps)
@@ -183,10 +187,13 @@ def test_example_pools(render: Render) -> None:
     assert not by_kind(render(), "AcceleratorPool")
 
 
-def test_recording_rules_file_is_current() -> None:
-    text = (CHART / "files" / "recording-rules.yaml").read_text()
-    assert yaml.safe_load(text) == recording_rules(), (
-        "regenerate: python -m infleet.slo.render recording > charts/infleet/files/recording-rules.yaml")
+@pytest.mark.parametrize(("name", "what"), [("recording-rules.yaml", "recording"),
+                                            ("operator-alerts.yaml", "operator-alerts")])
+def test_rule_files_are_current(name: str, what: str) -> None:
+    fresh = subprocess.run([sys.executable, "-m", "infleet.slo.render", what], capture_output=True, text=True,
+                           check=True).stdout
+    assert (CHART / "files" / name).read_text() == fresh, (
+        f"regenerate: python -m infleet.slo.render {what} > charts/infleet/files/{name}")
 
 
 def test_values_schema_is_current() -> None:

@@ -18,6 +18,7 @@ from infleet.slo import (
     bucket_for_target,
     burn_rate_alerts,
     error_ratio_record,
+    operator_alerts,
     recording_rules,
     rule_file,
 )
@@ -134,7 +135,9 @@ def test_between_bucket_target_is_reported_in_rule() -> None:
 def test_every_runbook_link_has_a_section() -> None:
     text = (REPO / "docs" / "runbooks.md").read_text()
     anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^## (.+)$", text, re.M)}
-    for a in _alerts(burn_rate_alerts("ns", "d", 0.5, ttft_target_s=0.25)):
+    ops = [r for g in operator_alerts()["groups"] for r in g["rules"] if "alert" in r]
+    assert ops
+    for a in _alerts(burn_rate_alerts("ns", "d", 0.5, ttft_target_s=0.25)) + ops:
         path, _, anchor = a["annotations"]["runbook_url"].partition("#")
         assert path == "docs/runbooks.md" and anchor in anchors, anchor
 
@@ -152,6 +155,7 @@ def test_recording_rules_only_use_contract_metrics() -> None:
 # The rule files under tests/prometheus/rules/ are what promtool tests run on: they must be today's output.
 GENERATED = {
     "recording.yaml": ["recording"],
+    "operator-alerts.yaml": ["operator-alerts"],
     "slo-demo-chat.yaml": ["alerts", "-n", "demo", "-d", "chat", "--p99", "0.5", "--ttft", "0.25", "--plain"],
     "slo-demo-edge.yaml": ["alerts", "-n", "demo", "-d", "edge", "--p99", "0.6", "--plain"],
     "slo-demo-gofmt.yaml": ["alerts", "-n", "demo", "-d", "gofmt", "--p99", "1", "--plain"],
