@@ -110,15 +110,23 @@ def pool_manifest(name: str, nodepool: str = "cpu-on-demand") -> dict[str, Any]:
     }
 
 
-def deployment_manifest(namespace: str, name: str, pool: str) -> dict[str, Any]:
+def deployment_manifest(namespace: str, name: str, pool: str, source: str = "builtin://tiny") -> dict[str, Any]:
     return {
         "apiVersion": "infleet.io/v1alpha1", "kind": "InferenceDeployment",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "model": {"name": "tiny", "source": "pvc://models/tiny", "parametersBillions": 0.5, "families": ["cpu"],
+            "model": {"name": "tiny", "source": source, "parametersBillions": 0.5, "families": ["cpu"],
                       "modelClass": "llm-0.5b"},
             "slo": {"p99LatencyMs": 3000, "ttftP99Ms": 800},
             "placement": {"families": ["cpu"], "pools": [pool]},
             "scaling": {"minReplicas": 1, "maxReplicas": 2},
         },
+    }
+
+
+def pvc_manifest(namespace: str, name: str) -> dict[str, Any]:
+    """A claim for model weights; it only has to exist for placement (nothing mounts it on kwok nodes)."""
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
     }

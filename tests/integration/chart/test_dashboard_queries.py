@@ -195,7 +195,10 @@ def test_every_panel_query_returns_data(stack: dict[str, Any]) -> None:
     def variables_resolve() -> bool:
         return all(values[name] in resolve_variable(prom, q, values) for name, q in variable_queries())
 
-    wait_for("the dashboards' variables to list the test deployment", variables_resolve, timeout=120)
+    try:
+        wait_for("the dashboards' variables to list the test deployment", variables_resolve, timeout=120)
+    except AssertionError as exc:
+        pytest.fail(f"{exc}{_logs(stack)}")
     queries = panel_queries()
     assert len(queries) > 30
 

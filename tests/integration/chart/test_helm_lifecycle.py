@@ -27,6 +27,7 @@ from tests.integration.chart.chart_cluster import (
     kube_json,
     operator_process,
     pool_manifest,
+    pvc_manifest,
     serviceaccount_kubeconfig,
     unique,
     wait_for,
@@ -133,6 +134,7 @@ ALLOWED = [
     ("update", "inferencedeployments.infleet.io/finalizers"),
     ("list", "acceleratorpools.infleet.io"), ("patch", "acceleratorpools.infleet.io/status"),
     ("create", "deployments.apps"), ("patch", "deployments.apps"), ("delete", "deployments.apps"),
+    ("get", "persistentvolumeclaims"),
     ("list", "deployments.apps"), ("create", "services"), ("patch", "services"),
     ("list", "pods"), ("list", "nodes"), ("create", "events"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
@@ -143,7 +145,8 @@ REFUSED = [
     ("get", "secrets"), ("list", "secrets"), ("list", "configmaps"), ("create", "pods"), ("delete", "pods"),
     ("patch", "nodes"), ("delete", "nodes"), ("delete", "inferencedeployments.infleet.io"),
     ("create", "acceleratorpools.infleet.io"), ("delete", "acceleratorpools.infleet.io"),
-    ("delete", "services"), ("update", "deployments.apps"), ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ("delete", "services"), ("update", "deployments.apps"), ("list", "persistentvolumeclaims"),
+    ("delete", "persistentvolumeclaims"), ("create", "clusterroles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"), ("create", "serviceaccounts/token"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"), ("delete", "events"),
     ("create", "leases.coordination.k8s.io"),
@@ -169,7 +172,10 @@ def test_operator_runs_under_its_serviceaccount(cluster: Any, ns: str, release: 
     kubeconfig = serviceaccount_kubeconfig(cluster, ns, sa_name(release), tmp_path / "sa.kubeconfig")
     pool = unique("chart-cpu")
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pool_manifest(pool)))
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(deployment_manifest(ns, "chat", pool)))
+    # A pvc:// source, so the operator also has to read the claim (as in production).
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pvc_manifest(ns, "models")))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(deployment_manifest(ns, "chat", pool,
+                                                                                 "pvc://models/tiny")))
     metrics_port, health_port = free_port(), free_port()
     # Exactly the arguments the chart gave the operator's container, but ports free on this machine.
     container = kube_json(cluster, "-n", ns, "get", "deployment", f"{release}-infleet")["spec"]["template"]["spec"][
