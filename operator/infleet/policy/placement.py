@@ -71,7 +71,7 @@ def place_fleet(
             if upper > 0:
                 variables.append(_Var(i, offer, upper))
 
-    x = _solve(requests, variables, shared_free_devices, time_limit_s)
+    x, solver = _solve(requests, variables, shared_free_devices, time_limit_s)
     plans: dict[str, PlacementPlan] = {}
     devices_used: dict[str, int] = {}
     for i, req in enumerate(requests):
@@ -82,7 +82,7 @@ def place_fleet(
                 devices_used[var.offer.pool] = devices_used.get(var.offer.pool, 0) + int(x[k]) * (
                     var.offer.devices_per_replica
                 )
-        plans[req.deployment] = _describe(req, replicas)
+        plans[req.deployment] = _describe(req, replicas, solver)
     total = sum(p.cost_per_hour for p in plans.values())
     return FleetPlacement(
         plans=plans, cost_per_hour=total, solve_seconds=time.perf_counter() - started, devices_used=devices_used
@@ -94,10 +94,10 @@ def _solve(
     variables: list[_Var],
     shared: Mapping[str, int] | None,
     time_limit_s: float,
-) -> np.ndarray:
+) -> tuple[np.ndarray, str]:
     n = len(variables)
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), "none"
     m = len(requests)
     cap = np.array([v.offer.replica_capacity_rps for v in variables])
     price = np.array([v.offer.replica_price_per_hour for v in variables])
@@ -173,7 +173,7 @@ def _solve(
     res = milp(cost, constraints=cons, integrality=np.ones(n), bounds=Bounds(0, upper), options=options)
     if res.x is not None and res.status in (0, 1):
         solved: np.ndarray = np.rint(res.x).astype(np.int64)
-        return solved
+        return solved, "milp"
 
     # Phase 2: the least total shortfall (capacity in rps, and missing minimum replicas) within every hard limit.
     cons, width = rows(with_shortfall=True)
@@ -183,7 +183,7 @@ def _solve(
     short_weight = np.concatenate([np.zeros(n), 1.0 / np.maximum(demand, 1e-9), np.ones(m)])
     res = milp(short_weight, constraints=cons, integrality=integrality, bounds=Bounds(lower, up), options=options)
     if res.x is None:
-        return _greedy(requests, variables)
+        return _greedy(requests, variables), "greedy"
     best = float(res.fun)
     # Phase 3: the cheapest plan with that shortfall.
     cons.append(LinearConstraint(short_weight.reshape(1, -1), -np.inf, best + 1e-6 + 1e-9 * abs(best)))
@@ -196,7 +196,7 @@ def _solve(
     )
     chosen = res3.x if res3.x is not None else res.x
     best_effort: np.ndarray = np.rint(chosen[:n]).astype(np.int64)
-    return best_effort
+    return best_effort, "milp-best-effort"
 
 
 def _greedy(requests: Sequence[PlacementRequest], variables: list[_Var]) -> np.ndarray:
@@ -219,7 +219,7 @@ def _greedy(requests: Sequence[PlacementRequest], variables: list[_Var]) -> np.n
     return x
 
 
-def _describe(req: PlacementRequest, replicas: Mapping[str, int]) -> PlacementPlan:
+def _describe(req: PlacementRequest, replicas: Mapping[str, int], solver: str) -> PlacementPlan:
     by_pool = {o.pool: o for o in req.offers}
     cost = sum(by_pool[p].replica_price_per_hour * n for p, n in replicas.items())
     capacity = sum(by_pool[p].replica_capacity_rps * n for p, n in replicas.items())
@@ -252,4 +252,5 @@ def _describe(req: PlacementRequest, replicas: Mapping[str, int]) -> PlacementPl
         status=status,
         shortfall_rps=shortfall,
         reason=reason,
+        solver=solver,
     )

@@ -125,7 +125,7 @@ class PlacementPlan:
     status: PlacementStatus
     shortfall_rps: float = 0.0
     reason: str = ""
-    solver: str = "milp"
+    solver: str = "milp"  # milp, milp-best-effort, greedy (solver gave nothing in time), none (nothing to place)
 
     @property
     def total_replicas(self) -> int:
