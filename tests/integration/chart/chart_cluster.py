@@ -130,3 +130,15 @@ def pvc_manifest(namespace: str, name: str) -> dict[str, Any]:
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace},
         "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
     }
+
+
+def cleanup(cluster: Any, *objects: tuple[str | None, str, str]) -> None:
+    """Delete this test's own objects ((namespace or None, resource, name)) once its operator has stopped.
+
+    A stopped operator cannot remove finalizers it added, so they are dropped first: the objects are this test's,
+    and leaving them would keep the namespace Terminating for every later run."""
+    for namespace, resource, name in objects:
+        scope = ["-n", namespace] if namespace else []
+        cluster.kubectl(*scope, "patch", resource, name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                        check=False)
+        cluster.kubectl(*scope, "delete", resource, name, "--wait=false", "--ignore-not-found", check=False)

@@ -29,6 +29,7 @@ from infleet.slo import burn_rate_alerts, operator_alerts, recording_rules, rule
 from infleet.slo.render import to_yaml
 from tests.integration.chart.chart_cluster import (
     CHART,
+    cleanup,
     deployment_manifest,
     free_port,
     operator_process,
@@ -121,8 +122,7 @@ def stack(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
-        cluster.kubectl("-n", ns, "delete", "inferencedeployments.infleet.io", "chat", "--wait=false", check=False)
-        cluster.kubectl("delete", "acceleratorpools.infleet.io", pool, "--wait=false", check=False)
+        cleanup(cluster, (ns, "inferencedeployments.infleet.io", "chat"), (None, "acceleratorpools.infleet.io", pool))
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 

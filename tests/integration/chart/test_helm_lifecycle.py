@@ -21,6 +21,7 @@ import yaml
 
 from tests.integration.chart.chart_cluster import (
     CHART,
+    cleanup,
     deployment_manifest,
     free_port,
     helm,
@@ -202,8 +203,7 @@ def test_operator_runs_under_its_serviceaccount(cluster: Any, ns: str, release: 
             assert re.search(r'infleet_reconcile_total\{[^}]*result="success"[^}]*\} [1-9]', body), body[-2000:]
             urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5)
     finally:
-        cluster.kubectl("-n", ns, "delete", "inferencedeployments.infleet.io", "chat", "--wait=false", check=False)
-        cluster.kubectl("delete", "acceleratorpools.infleet.io", pool, "--wait=false", check=False)
+        cleanup(cluster, (ns, "inferencedeployments.infleet.io", "chat"), (None, "acceleratorpools.infleet.io", pool))
     text = log.read_text()
     forbidden = [line for line in text.splitlines() if re.search(r"\b403\b|[Ff]orbidden", line)]
     assert not forbidden, "the operator was refused something:\n" + "\n".join(forbidden[:20])
