@@ -217,3 +217,16 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
     Draft7Validator(schema).validate(values)
     for f in VALUES_FILES:
         Draft7Validator(schema).validate(yaml.safe_load((CHART / "ci" / f).read_text()) or {})
+
+
+def test_package_ships_dashboards_and_crds_but_not_hack(helm: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    run_helm(helm, "package", str(CHART), "-d", str(tmp_path))
+    (pkg,) = tmp_path.glob("infleet-*.tgz")
+    with tarfile.open(pkg) as tar:
+        names = tar.getnames()
+    assert "infleet/values.schema.json" in names and "infleet/README.md" in names
+    assert {f"infleet/dashboards/{p.name}" for p in (CHART / "dashboards").glob("*.json")} <= set(names)
+    assert {f"infleet/files/crds/{p.name}" for p in (REPO / "crds").glob("*.yaml")} <= set(names)
+    assert not [n for n in names if n.startswith("infleet/hack/")], "hack/ is excluded by .helmignore"
