@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from infleet.sim.capacity import Mix, pool_capacity
 from infleet.sim.engine import SimResult, Simulation
 from infleet.sim.fleet import load_fleet, with_service_overrides
 from infleet.sim.oracle import oracle
@@ -71,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
     if not len(trace):
         print("infleet simulate: no requests in the chosen window", file=sys.stderr)
         return 2
+    mix = Mix.of(trace)
+    if all(pool_capacity(fleet, p, mix) <= 0 for p in fleet.pools):
+        print(
+            f"infleet simulate: warning: no pool can meet {fleet.deployment.name}'s SLO for this trace's requests "
+            "under the service model (docs/simulator.md); every request will miss it",
+            file=sys.stderr,
+        )
     names = list(POLICIES) if args.compare else [args.policy]
     bound = oracle(fleet, trace)
     rows: list[dict[str, Any]] = []

@@ -5,18 +5,20 @@ across accelerator types). Their per-replica target is the same for all of them:
 replica sustains within the SLO (Little's law: SLO capacity x service time), because each of these systems asks
 the user for such a number (HPA/KEDA target value, KPA container-concurrency target, Ray Serve
 target_ongoing_requests, KubeAI targetRequests) and 70% is Knative's default target utilisation. Only their
-windows, delays and rules differ, and those are their documented defaults:
+windows, delays and rules differ, and those are their documented defaults. Replica bounds are the deployment's
+``minReplicas``/``maxReplicas`` for all of them (each takes them from its user), except that the HPA never goes
+below one replica:
 
 * ``hpa``: 15 s sync, 10% tolerance, scale-up at most max(100%, 4 pods) per 15 s, scale-down stabilisation
-  300 s, minReplicas 1 (Kubernetes HPA v2 defaults).
+  300 s, at least one replica (Kubernetes HPA v2 defaults).
 * ``kpa``: 2 s tick, 60 s stable and 6 s panic windows, panic at 200% of target, max scale-down rate 2,
   scale to zero after the stable window plus a 30 s grace period (Knative Serving defaults).
 * ``keda``: 30 s polling, activation above 0, cooldownPeriod 300 s before scale to zero, and the HPA's
   defaults above it (KEDA ScaledObject defaults).
-* ``ray-serve``: 10 s metrics interval, 30 s look-back average, upscale_delay_s 30, downscale_delay_s 600,
-  min_replicas 1 (Ray Serve autoscaling_config defaults).
-* ``kubeai``: 10 s interval, 10 min moving average, scaleDownDelaySeconds 30, minReplicas 0, scale from zero on
-  the first request (KubeAI defaults).
+* ``ray-serve``: 10 s metrics interval, 30 s look-back average, upscale_delay_s 30, downscale_delay_s 600
+  (Ray Serve autoscaling_config defaults).
+* ``kubeai``: 10 s interval, 10 min moving average, scaleDownDelaySeconds 30, scale from zero on the first
+  request (KubeAI defaults).
 * ``static-peak``: enough replicas for the trace's busiest minute, all the time (perfect knowledge of the peak).
 """
 
@@ -93,10 +95,10 @@ class Infleet:
         if dep.warm_mode == "Off":
             return {}
         if dep.warm_mode == "Fixed":
-            best = min(
-                (p for p in self.fleet.pools if pool_capacity(self.fleet, p, self.mix) > 0),
-                key=lambda p: p.replica_price_per_hour / pool_capacity(self.fleet, p, self.mix),
-            )
+            usable = [p for p in self.fleet.pools if pool_capacity(self.fleet, p, self.mix) > 0]
+            if not usable:
+                return {}
+            best = min(usable, key=lambda p: p.replica_price_per_hour / pool_capacity(self.fleet, p, self.mix))
             return {best.name: dep.warm_size or 0}
         used = {p.name: self.current.get(p.name, 0) * p.devices_per_replica for p in self.fleet.pools}
         config = WarmPoolConfig(
@@ -162,9 +164,12 @@ def _single(fleet: SimFleet, trace: Trace) -> _Single:
 class _Baseline:
     name = "baseline"
     period_s = 15.0
-    min_replicas = 1
+    floor = 0  # the system's own hard minimum (the HPA cannot scale to zero)
+    min_replicas = 0
 
     def start(self, fleet: SimFleet, trace: Trace) -> Target:
+        # Replica bounds are the deployment's (every one of these systems takes them from the user).
+        self.min_replicas = max(self.floor, fleet.deployment.min_replicas)
         self.s = _single(fleet, trace)
         first = trace.window(0, 60)
         conc = len(first) / 60.0 * self._service_s(fleet, trace)
@@ -185,7 +190,7 @@ class _Baseline:
 class HPA(_Baseline):
     name = "hpa"
     period_s = 15.0
-    min_replicas = 1
+    floor = 1
     stabilization_s = 300.0
 
     def step(self, obs: Observation) -> Target:
@@ -208,11 +213,13 @@ class HPA(_Baseline):
 class KEDA(HPA):
     name = "keda"
     period_s = 30.0
-    min_replicas = 0
+    floor = 0
     cooldown_s = 300.0
     last_active = 0.0
 
     def step(self, obs: Observation) -> Target:
+        if self.min_replicas > 0:  # minReplicaCount > 0: no scale to zero, the HPA does the rest
+            return super().step(obs)
         metric = obs.in_flight + obs.queue_depth
         if metric > 0 or obs.arrival_rate_rps > 0:
             self.last_active = obs.now
@@ -232,7 +239,6 @@ class KEDA(HPA):
 class KPA(_Baseline):
     name = "kpa"
     period_s = 2.0
-    min_replicas = 0
     stable_s = 60.0
     panic_s = 6.0
     grace_s = 30.0
@@ -263,6 +269,7 @@ class KPA(_Baseline):
         else:
             desired = want_stable
             desired = max(desired, math.ceil(current / 2))  # max scale-down rate 2
+        desired = max(desired, self.min_replicas)
         if desired == 0 and current > 0:
             if self.zero_since is None:
                 self.zero_since = obs.now
@@ -279,7 +286,6 @@ class KPA(_Baseline):
 class RayServe(_Baseline):
     name = "ray-serve"
     period_s = 10.0
-    min_replicas = 1
     look_back_s = 30.0
     upscale_delay_s = 30.0
     downscale_delay_s = 600.0
@@ -297,6 +303,9 @@ class RayServe(_Baseline):
         avg = sum(c for _, c in self.samples) / len(self.samples)
         desired = max(self.min_replicas, math.ceil(avg / self.s.target_concurrency))
         current = self.replicas
+        if current == 0 and obs.in_flight + obs.queue_depth > 0:
+            self.replicas, self.up_since = 1, None  # a request at zero replicas starts one at once
+            return self._target()
         if desired > current:
             self.down_since = None
             self.up_since = obs.now if self.up_since is None else self.up_since
@@ -315,7 +324,6 @@ class RayServe(_Baseline):
 class KubeAI(_Baseline):
     name = "kubeai"
     period_s = 10.0
-    min_replicas = 0
     window_s = 600.0
     scale_down_delay_s = 30.0
 
@@ -330,7 +338,7 @@ class KubeAI(_Baseline):
         while self.samples and obs.now - self.samples[0][0] > self.window_s:
             self.samples.popleft()
         avg = sum(c for _, c in self.samples) / len(self.samples)
-        desired = math.ceil(avg / self.s.target_concurrency)
+        desired = max(self.min_replicas, math.ceil(avg / self.s.target_concurrency))
         if self.replicas == 0 and active > 0:
             desired = max(1, desired)  # the proxy scales from zero on the first request
         if desired < self.replicas:
