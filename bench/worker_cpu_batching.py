@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 
-from infleet_worker.checkpoint import random_model  # noqa: E402
-from infleet_worker.config import builtin_config  # noqa: E402
-from infleet_worker.engine import Engine, EngineConfig, RequestOutput, SamplingParams  # noqa: E402
-from infleet_worker.model import LlamaModel  # noqa: E402
-from infleet_worker.runner import ModelRunner  # noqa: E402
-from infleet_worker.tokenizer import ByteTokenizer  # noqa: E402
+from infleet_worker.checkpoint import random_model
+from infleet_worker.config import builtin_config
+from infleet_worker.engine import Engine, EngineConfig, RequestOutput, SamplingParams
+from infleet_worker.model import LlamaModel
+from infleet_worker.runner import ModelRunner
+from infleet_worker.tokenizer import ByteTokenizer
 
 
 def burst(model: LlamaModel, slots: int, concurrency: int, max_tokens: int) -> tuple[float, float, float]:
@@ -57,7 +57,7 @@ def burst(model: LlamaModel, slots: int, concurrency: int, max_tokens: int) -> t
     wall = time.perf_counter() - t0
     engine.shutdown()
     lat = sorted(t - t0 for t in finished.values())
-    p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
+    p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
     return tokens / wall, statistics.median(lat), p99
 
 

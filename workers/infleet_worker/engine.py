@@ -277,6 +277,7 @@ class Engine:
             seq = self._prefilling or self._admit()
             if seq is None:
                 break
+            self._prefilling = seq  # owned by the engine from here: a failing step still finishes it
             touched.add(seq.id)
             n = min(budget, len(seq.prompt_ids) - seq.cached)
             logits = self.runner.prefill(seq.prompt_ids[seq.cached : seq.cached + n], seq.cached, seq.slot)
@@ -284,7 +285,6 @@ class Engine:
             budget -= n
             prefill_tokens += n
             if seq.cached < len(seq.prompt_ids):
-                self._prefilling = seq
                 break
             self._prefilling = None
             token = self.runner.sample(logits[None], [seq.params.temperature], [seq.params.top_p])[0]

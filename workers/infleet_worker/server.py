@@ -242,7 +242,7 @@ class WorkerServer:
     def _full_body(self, rid: str, chat: bool, text: str, last: RequestOutput) -> dict[str, Any]:
         usage = {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
                  "total_tokens": last.prompt_tokens + last.completion_tokens}
-        reason = _openai_reason(last.finish_reason)
+        reason = last.finish_reason
         if chat:
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                                       "finish_reason": reason}
@@ -268,7 +268,7 @@ class WorkerServer:
         if chat:
             await send({"index": 0, "delta": {"role": "assistant"}, "finish_reason": None})
         async for out in events:
-            reason = _openai_reason(out.finish_reason) if out.finished else None
+            reason = out.finish_reason if out.finished else None
             usage = None
             if out.finished:
                 usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
@@ -283,11 +283,6 @@ class WorkerServer:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
-
-
-def _openai_reason(reason: str | None) -> str | None:
-    # OpenAI knows stop and length; an aborted or failed request is reported as such rather than disguised.
-    return reason
 
 
 async def _drain_queue(queue: asyncio.Queue[RequestOutput]) -> AsyncIterator[RequestOutput]:

@@ -174,3 +174,47 @@ def test_engine_thread_serves_concurrent_submitters(make_engine: Callable[..., E
         assert sorted(results.values()) == list(range(6, 14))
     finally:
         engine.shutdown()
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(make_engine: Callable[..., Engine],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    engine = make_engine(num_slots=4)
+    real_decode = engine.runner.decode
+    calls = {"n": 0}
+
+    def flaky_decode(tokens: list[int], positions: list[int]) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated device fault")
+        return real_decode(tokens, positions)
+
+    monkeypatch.setattr(engine.runner, "decode", flaky_decode)
+    reasons: dict[str, str | None] = {}
+    all_done = threading.Event()
+
+    def sink(o: object) -> None:
+        from infleet_worker.engine import RequestOutput
+
+        assert isinstance(o, RequestOutput)
+        if o.finished:
+            reasons[o.request_id] = o.finish_reason
+            if len(reasons) == 3:
+                all_done.set()
+
+    engine.start()
+    try:
+        for _ in range(2):
+            engine.submit([1, 2, 3], SamplingParams(max_tokens=20, ignore_eos=True), sink)
+        deadline = 0
+        while len(reasons) < 2 and deadline < 500:
+            deadline += 1
+            threading.Event().wait(0.01)
+        assert sorted(r or "" for r in reasons.values()) == ["error", "error"]
+        assert engine.kv_usage == 0.0 and engine.is_alive()
+        engine.submit([4, 5], SamplingParams(max_tokens=5, ignore_eos=True), sink)
+        assert all_done.wait(10)
+        assert sorted(r or "" for r in reasons.values()) == ["error", "error", "length"]
+    finally:
+        engine.shutdown()
