@@ -364,7 +364,9 @@ class Engine:
         ids = seq.output_ids
         prefix = self.tokenizer.decode(ids[seq.prefix_offset : seq.read_offset])
         window = self.tokenizer.decode(ids[seq.prefix_offset :])
-        if len(window) > len(prefix) and not window.endswith("\ufffd"):
+        if not window.endswith("\ufffd"):
+            # Commit even when the new tokens decode to nothing (special or out-of-vocabulary ids), so the
+            # window stays a few tokens long instead of growing with the output.
             seq.text += window[len(prefix) :]
             seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
 

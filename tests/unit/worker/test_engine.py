@@ -218,3 +218,14 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(make_eng
         assert sorted(r or "" for r in reasons.values()) == ["error", "error", "length"]
     finally:
         engine.shutdown()
+
+
+def test_streamed_text_equals_decoding_all_tokens_at_once(make_engine: Callable[..., Engine]) -> None:
+    from infleet_worker.tokenizer import ByteTokenizer
+
+    # Hot sampling produces many partial UTF-8 sequences and out-of-vocabulary ids: incremental detokenization
+    # must still add up to the one-shot decode.
+    engine = make_engine(num_slots=4, max_seq_len=256)
+    params = SamplingParams(max_tokens=150, temperature=1.5, ignore_eos=True)
+    for events in run_to_completion(engine, [[i, 5, 6] for i in range(6)], params):
+        assert text_of(events) == ByteTokenizer().decode(tokens_of(events))
