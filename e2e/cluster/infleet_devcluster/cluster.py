@@ -29,6 +29,8 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 KWOK_STAGES = PACKAGE_DIR.parent / "kwok-stages.yaml"
+POD_CIDR = "127.100.0.0/16"
+NODE_IP = "127.0.0.2"
 
 
 class ClusterError(RuntimeError):
@@ -314,7 +316,10 @@ class LocalCluster:
             str(self.binary("kwok")),
             f"--kubeconfig={self.layout.component_kubeconfig('kwok')}",
             f"--manage-nodes-with-annotation-selector={nodepools.KWOK_ANNOTATION}=fake",
-            "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1",
+            # Simulated pod and node addresses live in the loopback range: anything that dials them (the
+            # operator scraping worker metrics, a test) stays on this machine and is refused at once,
+            # instead of sending traffic to a private network that is not ours.
+            f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}",
             f"--server-address=127.0.0.1:{p.kwok}",
             f"--config={KWOK_STAGES}",
             "--node-lease-duration-seconds=40",  # leases keep nodes Ready without status heartbeats

@@ -2,7 +2,8 @@
 
 Each process gets its own session (so a Ctrl-C in the caller's terminal does not kill the cluster), a log
 file, and a pid file holding the pid *and* the executable path: ``down`` only signals a pid whose
-``/proc/<pid>/cmdline`` still names that executable, so a recycled pid is never killed.
+``/proc/<pid>/cmdline`` still names that executable (as argv[0], or argv[1] for a script run by its
+interpreter), so a recycled pid is never killed.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ class Started:
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the Go servers do: connections of a just-stopped cluster in TIME_WAIT must not count as "in use".
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
             raise PortInUseError(
                 f"port {host}:{port} is already in use ({exc.strerror}). Another cluster may be running: "
-                "run `infleet-cluster down` (or stop whatever holds the port, e.g. `ss -ltnp | grep {port}`), "
+                f"run `infleet-cluster down` (or stop whatever holds the port, e.g. `ss -ltnp | grep {port}`), "
                 "or choose other ports with INFLEET_CLUSTER_PORT_OFFSET=<n>."
             ) from exc
 
@@ -56,7 +59,7 @@ def start(name: str, argv: Sequence[str], run_dir: Path, env: dict[str, str] | N
         )
     _pidfile(run_dir, name).write_text(json.dumps({"pid": proc.pid, "exe": str(argv[0])}))
     deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and proc.poll() is None and _cmdline(proc.pid)[:1] != [str(argv[0])]:
+    while time.monotonic() < deadline and proc.poll() is None and str(argv[0]) not in _cmdline(proc.pid)[:2]:
         time.sleep(0.01)  # between fork and exec the child still looks like us; wait for the exec
     return Started(name, proc.pid, log)
 
@@ -77,8 +80,7 @@ def running(run_dir: Path, name: str) -> int | None:
         pid, exe = int(data["pid"]), str(data["exe"])
     except (OSError, ValueError, KeyError):
         return None
-    cmd = _cmdline(pid)
-    if not cmd or cmd[0] != exe:
+    if exe not in _cmdline(pid)[:2]:  # [exe, ...] or, for a script, [interpreter, exe, ...]
         return None
     try:
         with open(f"/proc/{pid}/stat") as fh:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import ssl
 import time
@@ -92,8 +93,11 @@ def test_accelerator_pod_lands_on_matching_node_and_runs(
         return pod["status"].get("phase") == "Running" and bool(pod["spec"].get("nodeName"))
 
     _eventually(f"pod {name} requesting {resource} Running", running)
-    node = _get(cluster, "node", _get(cluster, "pod", name, "-n", ns)["spec"]["nodeName"])
+    pod = _get(cluster, "pod", name, "-n", ns)
+    node = _get(cluster, "node", pod["spec"]["nodeName"])
     assert node["metadata"]["labels"].get(expected_label) in expected_values
+    # Simulated pods get loopback addresses: whatever dials them (the operator's metrics scrape) stays local.
+    assert ipaddress.ip_address(pod["status"]["podIP"]).is_loopback
 
 
 def test_pod_without_toleration_stays_off_tainted_accelerator_nodes(cluster: TestCluster, ns: str) -> None:
