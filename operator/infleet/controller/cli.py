@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from infleet.controller.metrics import OperatorMetrics
     from infleet.controller.reconcile import Settings
     from infleet.controller.scrape import HttpMetricsSource
+    from infleet.controller.slorules import SloRules
 
     kopf.configure(
         verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         kube=kube,
         settings=Settings(images=images, fallback_after=fallback, autoscaling=autoscaling),
         metrics=metrics,
+        slo_rules=SloRules(kube),
     )
     ctx.interval_s = args.interval
 

@@ -23,6 +23,7 @@ from infleet.api import GROUP, VERSION
 from infleet.controller.kube import Kube, is_transient
 from infleet.controller.metrics import OperatorMetrics
 from infleet.controller.reconcile import Settings, emit, parse_pools, reconcile
+from infleet.controller.slorules import SloRules
 from infleet.controller.snapshot import ClusterView, infleet_devices_by_pool, node_usage, pool_capacity
 from infleet.controller.status import Cond, merge_conditions
 
@@ -38,6 +39,7 @@ class Context:
     settings: Settings
     metrics: OperatorMetrics
     interval_s: float = 10.0
+    slo_rules: SloRules | None = None  # None: no PrometheusRules (unit tests); the CLI always sets one
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -67,6 +69,8 @@ def reconcile_deployment(ctx: Context, body: Mapping[str, Any]) -> None:
             outcome = reconcile(ctx.kube, current, now, ctx.settings, ctx.metrics)
             ctx.kube.merge_patch(deployment_status_path(meta["namespace"], meta["name"]), {"status": outcome.status})
             emit(ctx.kube, current, outcome, now)
+            if ctx.slo_rules is not None:
+                ctx.slo_rules.sync(current)
             log.info(
                 "reconciled %s: %s",
                 key,
