@@ -13,7 +13,7 @@ import yaml
 from infleet.sim.capacity import Mix, pool_capacity
 from infleet.sim.engine import SimResult, Simulation
 from infleet.sim.fleet import load_fleet, with_service_overrides
-from infleet.sim.oracle import oracle
+from infleet.sim.oracle import oracle, work_bound
 from infleet.sim.policies import POLICIES, make
 from infleet.sim.report import plot, summarize, table, write_report
 from infleet.sim.trace import ATTRIBUTION, load_trace
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         )
     names = list(POLICIES) if args.compare else [args.policy]
     bound = oracle(fleet, trace)
+    strict = work_bound(fleet, trace)
     rows: list[dict[str, Any]] = []
     results: list[SimResult] = []
     started = time.perf_counter()
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     print(f"\n{fleet.deployment.name} on {trace.name}: {len(trace)} requests over {trace.duration_s / 60:.1f} min")
     print(table(rows))
+    print(f"{'work bound':<12} {'':>8} {'':>8} {'':>7} {'':>7} {strict:>8.2f} {_ratio(strict, bound.cost_usd):>8}")
     print(f"({elapsed:.1f} s wall; {ATTRIBUTION})")
     args.out.mkdir(parents=True, exist_ok=True)
     write_report(
@@ -102,9 +104,14 @@ def run(args: argparse.Namespace) -> int:
             "pools": [str(p) for p in args.pools],
             "window_s": [args.start, trace.duration_s],
             "oracle_cost_usd": bound.cost_usd,
+            "work_bound_usd": strict,
         },
     )
     if not args.no_plots:
         plot(args.out / "simulation.png", results, fleet.deployment.ttft_s, f"{fleet.deployment.name} on {trace.name}")
     print(f"wrote {args.out / 'report.json'}" + ("" if args.no_plots else f" and {args.out / 'simulation.png'}"))
     return 0
+
+
+def _ratio(value: float, of: float) -> str:
+    return f"{value / of:.2f}" if of > 0 else "-"

@@ -12,7 +12,7 @@ from infleet.policy import account
 from infleet.sim.cli import _HERE
 from infleet.sim.engine import Simulation
 from infleet.sim.fleet import load_fleet
-from infleet.sim.oracle import oracle
+from infleet.sim.oracle import oracle, work_bound
 from infleet.sim.policies import POLICIES, make
 from infleet.sim.report import summarize
 from infleet.sim.trace import load_trace, synthetic_trace
@@ -143,3 +143,24 @@ def test_warm_workers_are_promoted_before_cold_starts(fleet) -> None:  # type: i
     sim.run()
     # two replicas in all: the warm one became the second serving replica, no third was cold-started
     assert len(sim.replicas) == 2
+
+
+@pytest.mark.parametrize("policy", ["infleet", "hpa", "kpa", "static-peak"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_no_policy_that_serves_everything_costs_less_than_the_work_bound(fleet, policy: str, seed: int) -> None:  # type: ignore[no-untyped-def]
+    trace = synthetic_trace([(120, 1.0), (60, 25.0), (120, 4.0)], seed=seed, prompt=1500, gen=200)
+    res = Simulation(fleet, trace, make(policy)).run()
+    strict = work_bound(fleet, trace)
+    assert strict > 0
+    assert np.all(res.status == 1)  # the bound is for serving every request
+    assert account(res.intervals, res.prices).cost_usd >= strict
+    # Both bounds grant perfect foresight; the strict one also grants 100% utilisation, so it is the lower.
+    assert strict <= oracle(fleet, trace).cost_usd
+
+
+def test_work_bound_scales_with_the_work_and_honours_min_replicas(fleet) -> None:  # type: ignore[no-untyped-def]
+    short = synthetic_trace([(600, 5.0)], seed=4, prompt=500, gen=50)
+    long = synthetic_trace([(600, 5.0)], seed=4, prompt=5000, gen=50)
+    assert work_bound(fleet, long) > work_bound(fleet, short)
+    floor = min(p.replica_price_per_hour for p in fleet.pools) * short.duration_s / 3600
+    assert work_bound(fleet, short) >= fleet.deployment.min_replicas * floor - 1e-12
