@@ -146,6 +146,11 @@ def fleet() -> dict[str, Any]:
     lay.add(series("Worker pods by role and pool", "Scraped worker pods: serving take traffic, warm stand by.",
                    [target("count by (pool, role) (infleet_worker_num_requests_running)", "{{pool}} {{role}}")],
                    "none", stack=True), 12, 8)
+    lay.add(series("Replicas by accelerator family", "Ready serving replicas per accelerator family (NVIDIA GPU, "
+                   "Neuron, TPU, CPU): each pool's replicas joined with what the pool is (infleet_pool_info).",
+                   [target('sum by (family) (infleet_deployment_replicas{state="ready"} * on (pool) '
+                           'group_left(family) infleet_pool_info)', "{{family}}")],
+                   "none", stack=True), 24, 8)
     lay.row("Cost")
     lay.add(series("Cost per hour by deployment", "The operator's hourly cost of each deployment's replicas.",
                    [target("sum by (namespace, deployment) (infleet_deployment_cost_per_hour_usd)",

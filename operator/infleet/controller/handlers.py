@@ -144,6 +144,8 @@ def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> None:
         }
         ctx.kube.merge_patch(f"/apis/{GROUP}/{VERSION}/{POOLS}/{name}/status", {"status": status})
         ctx.metrics.pool_saturated.labels(pool=name).set(1 if by else 0)
+        spec = pool.spec
+        ctx.metrics.set_pool_info(name, spec.accelerator.family, spec.accelerator.product, spec.capacity_type)
     except ApiException as exc:
         result = "retry" if is_transient(exc) else "error"
         raise kopf.TemporaryError(f"Kubernetes API: {exc.status} {exc.reason}", delay=5) from exc
@@ -185,6 +187,9 @@ def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def on_pool(body: kopf.Body, **_: Any) -> None:
         reconcile_pool(ctx, body)
 
+    def on_pool_delete(body: kopf.Body, **_: Any) -> None:
+        ctx.metrics.forget_pool(body["metadata"]["name"])
+
     def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
         # kopf talks to the API with the same credentials as the operator's client (loaded once in the CLI
         # from --kubeconfig, the service account, or $KUBECONFIG), so both always agree on the cluster.
@@ -195,6 +200,7 @@ def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     kopf.on.update(*resource, registry=registry, id="replace", field="spec")(on_change)
     kopf.timer(*resource, registry=registry, id="converge", interval=ctx.interval_s, initial_delay=0.5)(on_change)
     kopf.on.delete(*resource, registry=registry, id="forget", optional=True)(on_delete)
+    kopf.on.delete(GROUP, VERSION, POOLS, registry=registry, id="forget-pool", optional=True)(on_pool_delete)
     kopf.timer(GROUP, VERSION, POOLS, registry=registry, id="observe", interval=max(ctx.interval_s, 5.0))(on_pool)
     _timers_without_finalizers(registry)
 

@@ -51,6 +51,12 @@ class OperatorMetrics:
             ["pool"],
             registry=r,
         )
+        self.pool_info = Gauge(
+            "infleet_pool_info",
+            "1 per AcceleratorPool; labels say what it is (join on pool).",
+            ["pool", "family", "product", "capacity_type"],
+            registry=r,
+        )
         self.scale_events = Counter(
             "infleet_scale_events_total",
             "Scaling decisions applied.",
@@ -61,6 +67,7 @@ class OperatorMetrics:
         self._pools: dict[tuple[str, str], set[str]] = {}
         self._costs: dict[tuple[str, str], float] = {}
         self._slos: dict[tuple[str, str], set[str]] = {}
+        self._pool_info: dict[str, tuple[str, str, str]] = {}  # pool -> (family, product, capacity_type)
 
     def observe_reconcile(self, kind: str, result: str, seconds: float) -> None:
         if result not in RESULTS:
@@ -109,6 +116,21 @@ class OperatorMetrics:
         hot = set(saturated)
         for pool in set(all_pools) | hot:
             self.pool_saturated.labels(pool=pool).set(1 if pool in hot else 0)
+
+    def set_pool_info(self, pool: str, family: str, product: str, capacity_type: str) -> None:
+        """One series per pool: a changed label (a pool recreated as other hardware) replaces the old series."""
+        labels = (family, product, capacity_type)
+        before = self._pool_info.get(pool)
+        if before is not None and before != labels:
+            self._remove(self.pool_info, pool, *before)
+        self.pool_info.labels(pool, *labels).set(1)
+        self._pool_info[pool] = labels
+
+    def forget_pool(self, pool: str) -> None:
+        before = self._pool_info.pop(pool, None)
+        if before is not None:
+            self._remove(self.pool_info, pool, *before)
+        self._remove(self.pool_saturated, pool)
 
     def count_scale(self, namespace: str, deployment: str, pool: str, before: int, after: int) -> None:
         if after != before:

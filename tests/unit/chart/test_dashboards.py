@@ -74,7 +74,7 @@ def _metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # drop string literals (label values)
     expr = re.sub(r"\{[^}]*\}", "", expr)  # drop selectors
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # drop ranges
-    expr = re.sub(r"\b(by|on|without|ignoring)\s*\([^)]*\)", "", expr)  # drop grouping label lists
+    expr = re.sub(r"\b(by|on|without|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # drop label lists
     tokens = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
     return {t for t in tokens if t not in PROMQL_FUNCS and not re.fullmatch(r"e\d*", t)}
 

@@ -48,3 +48,19 @@ def test_scale_events_count_direction_and_ignore_no_change() -> None:
 def test_unknown_result_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown reconcile result"):
         OperatorMetrics().observe_reconcile("X", "meh", 1.0)
+
+
+def test_pool_info_names_what_each_pool_is_and_follows_changes() -> None:
+    m = OperatorMetrics()
+    m.set_pool_info("h100-spot", "nvidia-gpu", "NVIDIA-H100-80GB-HBM3", "spot")
+    m.set_pool_info("h100-spot", "nvidia-gpu", "NVIDIA-H100-80GB-HBM3", "spot")  # every timer tick: still one
+    info = {"pool": "h100-spot", "family": "nvidia-gpu", "product": "NVIDIA-H100-80GB-HBM3", "capacity_type": "spot"}
+    assert value(m, "infleet_pool_info", **info) == 1
+    m.set_pool_info("h100-spot", "nvidia-gpu", "NVIDIA-H200", "spot")  # recreated as other hardware
+    assert value(m, "infleet_pool_info", **info) is None
+    assert value(m, "infleet_pool_info", **{**info, "product": "NVIDIA-H200"}) == 1
+    m.pool_saturated.labels(pool="h100-spot").set(1)
+    m.forget_pool("h100-spot")
+    assert value(m, "infleet_pool_info", **{**info, "product": "NVIDIA-H200"}) is None
+    assert value(m, "infleet_pool_saturated", pool="h100-spot") is None
+    m.forget_pool("never-seen")  # no error
