@@ -57,8 +57,15 @@ class Infleet:
 
     name = "infleet"
 
-    def __init__(self, period_s: float = 15.0, calibrate: bool = True, shed_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        period_s: float = 15.0,
+        calibrate: bool = True,
+        shed_after_s: float | None = None,
+        warm_cost_fraction: float = WarmPoolConfig.max_cost_fraction,
+    ) -> None:
         self.period_s = period_s
+        self.warm_cost_fraction = warm_cost_fraction
         self.calibrate = calibrate
         self.shed_after_s = shed_after_s
         self.scaling = FleetScalingState()
@@ -102,6 +109,7 @@ class Infleet:
             return {best.name: dep.warm_size or 0}
         used = {p.name: self.current.get(p.name, 0) * p.devices_per_replica for p in self.fleet.pools}
         config = WarmPoolConfig(
+            max_cost_fraction=self.warm_cost_fraction,
             max_cost_per_hour=dep.warm_max_cost_per_hour,
             max_warm_replicas=dep.warm_size if dep.warm_size is not None else 8,
         )
