@@ -56,6 +56,8 @@ class SimDeployment:
     warm_max_cost_per_hour: float | None
     scale_down_window_s: float
     scale_to_zero_after_s: float
+    # slo.throughput.requestsPerSecond: the load the user expects, which the operator places for before any traffic.
+    expected_rps: float | None = None
 
     def meets(self, ttft: float, tpot: float, e2e: float) -> bool:
         """Whether one request met every latency target the deployment declares."""
@@ -138,6 +140,7 @@ def build_fleet(pools: list[AcceleratorPool], dep: InferenceDeployment) -> SimFl
         warm_max_cost_per_hour=spec.warm_pool.max_hourly_cost_usd,
         scale_down_window_s=float(spec.scaling.scale_down_stabilization_seconds),
         scale_to_zero_after_s=float(spec.scaling.scale_to_zero_after_seconds),
+        expected_rps=slo.throughput.requests_per_second if slo.throughput else None,
     )
     return SimFleet(pools=tuple(sim_pools), deployment=sim_dep)
 

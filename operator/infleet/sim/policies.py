@@ -46,6 +46,19 @@ from infleet.sim.trace import Trace
 TARGET_UTILIZATION = 0.7
 
 
+def initial_rate(fleet: SimFleet, trace: Trace) -> float:
+    """The arrival rate every policy sizes its starting fleet for, so all start alike.
+
+    The deployment's declared ``slo.throughput.requestsPerSecond`` when it has one (what the operator places for
+    before any traffic is seen); otherwise the trace's first minute, as if the fleet had been running on this
+    traffic already (a replay starting from zero would charge every policy a cold start the trace never saw).
+    """
+    declared = fleet.deployment.expected_rps
+    if declared is not None:
+        return declared
+    return len(trace.window(0, 60)) / 60.0
+
+
 def _mix(obs: Observation, fallback: Mix) -> Mix:
     if obs.mean_prompt <= 0:
         return fallback
@@ -89,12 +102,14 @@ class Infleet:
             scale_to_zero_after_s=dep.scale_to_zero_after_s if dep.min_replicas == 0 else None,
         )
         self.scaling_config = FleetScalingConfig(self.config, calibrate=self.calibrate, shed_after_s=self.shed_after_s)
-        first = trace.window(0, 60)
-        rate = len(first) / 60.0
+        rate = initial_rate(fleet, trace)
         desired = rate / self.config.target_utilization
         self.scaling = FleetScalingState(autoscaler=AutoscalerState(desired_capacity_rps=desired))
         plan = place(request(fleet, desired, offers(fleet, self.mix)))
         self.current = dict(plan.replicas)
+        # The warm pool's history starts with the rate the fleet was sized for: plan_warm_pool then treats the
+        # first cold start as "the load may double" instead of seeing no history and keeping nothing warm.
+        self.rates = deque([(0.0, rate)])
         return Target(serving=dict(self.current), warm=self._warm(plan.cost_per_hour))
 
     def _warm(self, serving_cost: float) -> dict[str, int]:
@@ -179,8 +194,7 @@ class _Baseline:
         # Replica bounds are the deployment's (every one of these systems takes them from the user).
         self.min_replicas = max(self.floor, fleet.deployment.min_replicas)
         self.s = _single(fleet, trace)
-        first = trace.window(0, 60)
-        conc = len(first) / 60.0 * self._service_s(fleet, trace)
+        conc = initial_rate(fleet, trace) * self._service_s(fleet, trace)
         self.replicas = max(self.min_replicas, math.ceil(conc / self.s.target_concurrency))
         return self._target()
 

@@ -164,3 +164,19 @@ def test_work_bound_scales_with_the_work_and_honours_min_replicas(fleet) -> None
     assert work_bound(fleet, long) > work_bound(fleet, short)
     floor = min(p.replica_price_per_hour for p in fleet.pools) * short.duration_s / 3600
     assert work_bound(fleet, short) >= fleet.deployment.min_replicas * floor - 1e-12
+
+
+@pytest.mark.parametrize("policy", ["infleet", "hpa", "kpa", "keda", "ray-serve", "kubeai"])
+def test_a_declared_throughput_sizes_every_policys_starting_fleet(tmp_path: Path, policy: str) -> None:
+    doc = (_HERE / "examples" / "chat.yaml").read_text(encoding="utf-8")
+    declared = tmp_path / "chat.yaml"
+    throughput = "    tpotP99Ms: 40\n    throughput: {requestsPerSecond: 40}\n"
+    declared.write_text(doc.replace("    tpotP99Ms: 40\n", throughput))
+    quiet = synthetic_trace([(300, 0.5)], seed=5, prompt=800, gen=120)
+    plain_fleet = load_fleet([POOLS], _HERE / "examples" / "chat.yaml")
+    busy_fleet = load_fleet([POOLS], declared)
+    assert busy_fleet.deployment.expected_rps == 40 and plain_fleet.deployment.expected_rps is None
+    plain = sum(make(policy).start(plain_fleet, quiet).serving.values())
+    busy = sum(make(policy).start(busy_fleet, quiet).serving.values())
+    assert plain == 1  # the first minute's 0.5 req/s, within minReplicas 1
+    assert busy > plain  # 40 req/s declared: more than one H100's 7.8
