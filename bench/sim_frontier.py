@@ -1,6 +1,6 @@
 """Where the SLO/cost targets can be met at all: fixed fleets and infleet's own knobs on both Azure traces.
 
-    .venv/bin/python bench/sim_frontier.py      # ~15 s on two cores
+    .venv/bin/python bench/sim_frontier.py      # ~25 s on two cores
 
 Prints, per trace, side by side in one run:
 * the oracle (provisioning bound) and the strict work bound;
@@ -8,7 +8,8 @@ Prints, per trace, side by side in one run:
   99% attainment with hindsight, against which no reactive policy can be cheaper without foresight;
 * infleet with its defaults and with one knob changed at a time: the warm pool's share of the serving cost
   (0.25 default, 1.0 = only the deployment's absolute cap), the control period (15 s default, 2 s like Knative's
-  KPA), and how long a spare large replica is kept (3 cold starts default, 1 and 2).
+  KPA), how long a spare large replica is kept (3 cold starts default, 1 and 2), and calibration's hold band
+  (0.8-0.9 of the TTFT target default, 0.6-0.9 before), also on four 15-minute windows of each trace.
 Trace data: Azure Public Dataset, AzureLLMInferenceDataset2023, CC-BY 4.0 (Patel et al., Splitwise, ISCA 2024).
 """
 
@@ -27,6 +28,7 @@ from infleet.sim.trace import ATTRIBUTION, Trace, load_trace
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "h100-spot"
+OLD_BAND = (0.6, 0.9)  # calibrate_capacity's hold band before it narrowed to 0.8-0.9
 
 
 class Fixed:
@@ -61,6 +63,7 @@ def main() -> None:
             "period 2 s": Infleet(period_s=2.0),
             "shed after 1 cold start": Infleet(shed_after_s=cold),
             "shed after 2 cold starts": Infleet(shed_after_s=2 * cold),
+            "calibration band 0.6-0.9": Infleet(calibration_band=OLD_BAND),
         }
         print(f"\n{fleet.deployment.name} on {trace.name}: oracle ${bound:.2f}, work bound ${strict:.2f}")
         print(f"{'fleet / policy':<26} {'SLO met':>8} {'cost $':>8} {'x oracle':>8}")
@@ -69,6 +72,16 @@ def main() -> None:
             cost = account(res.intervals, res.prices).cost_usd
             print(f"{label:<26} {res.met.mean():>8.2%} {cost:>8.2f} {cost / bound:>8.2f}")
         print(f"({time.perf_counter() - started:.1f} s wall)")
+        print(f"calibration band, four 15-minute windows of {trace.name} (SLO met, x that window's oracle):")
+        for start in (0.0, 900.0, 1800.0, 2700.0):
+            window = trace.window(start, 900.0)
+            window_bound = oracle(fleet, window).cost_usd
+            cells = []
+            for label, band in (("0.6-0.9", OLD_BAND), ("0.8-0.9 (default)", None)):
+                res = Simulation(fleet, window, Infleet(calibration_band=band)).run()
+                cost = account(res.intervals, res.prices).cost_usd
+                cells.append(f"{label}: {res.met.mean():.2%} {cost / window_bound:.2f}x")
+            print(f"  from {start:>5.0f} s  " + "   ".join(cells))
     print(ATTRIBUTION)
 
 

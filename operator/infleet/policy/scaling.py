@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from infleet.policy.autoscaler import (
+    CALIBRATION_LOWER_ABOVE,
+    CALIBRATION_RAISE_BELOW,
     AutoscalerConfig,
     AutoscalerState,
     LoadObservation,
@@ -40,6 +42,8 @@ class FleetScalingConfig:
     autoscaler: AutoscalerConfig
     calibrate: bool = True
     shed_after_s: float | None = None  # None: SHED_AFTER_COLD_STARTS x the longest cold start among the pools
+    # calibrate_capacity's hold band (fractions of the latency target): raise capacity below, lower it above.
+    calibration_band: tuple[float, float] = (CALIBRATION_RAISE_BELOW, CALIBRATION_LOWER_ABOVE)
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,15 @@ def scale_step(
     settled = {p: n for p, n in ready.items() if n > 0} == current
     factor = state.calibration
     if config.calibrate and settled:
-        factor = calibrate_capacity(factor, obs.p99_latency_s, config.autoscaler.latency_target_s, obs.queue_depth)
+        raise_below, lower_above = config.calibration_band
+        factor = calibrate_capacity(
+            factor,
+            obs.p99_latency_s,
+            config.autoscaler.latency_target_s,
+            obs.queue_depth,
+            raise_below=raise_below,
+            lower_above=lower_above,
+        )
     offers = _calibrated(request.offers, factor)
     caps = {o.pool: o.replica_capacity_rps for o in offers}
     have = sum(caps.get(p, 0.0) * n for p, n in current.items())

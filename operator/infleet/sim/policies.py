@@ -24,6 +24,7 @@ below one replica:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -76,8 +77,10 @@ class Infleet:
         calibrate: bool = True,
         shed_after_s: float | None = None,
         warm_cost_fraction: float = WarmPoolConfig.max_cost_fraction,
+        calibration_band: tuple[float, float] | None = None,
     ) -> None:
         self.period_s = period_s
+        self.calibration_band = calibration_band
         self.warm_cost_fraction = warm_cost_fraction
         self.calibrate = calibrate
         self.shed_after_s = shed_after_s
@@ -102,6 +105,8 @@ class Infleet:
             scale_to_zero_after_s=dep.scale_to_zero_after_s if dep.min_replicas == 0 else None,
         )
         self.scaling_config = FleetScalingConfig(self.config, calibrate=self.calibrate, shed_after_s=self.shed_after_s)
+        if self.calibration_band is not None:
+            self.scaling_config = dataclasses.replace(self.scaling_config, calibration_band=self.calibration_band)
         rate = initial_rate(fleet, trace)
         desired = rate / self.config.target_utilization
         self.scaling = FleetScalingState(autoscaler=AutoscalerState(desired_capacity_rps=desired))

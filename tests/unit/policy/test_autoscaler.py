@@ -98,3 +98,27 @@ def test_bad_config_is_rejected() -> None:
         AutoscalerConfig(latency_target_s=0)
     with pytest.raises(ValueError, match="negative"):
         LoadObservation(time_s=0, arrival_rate_rps=-1)
+
+
+def test_calibration_holds_inside_its_band_and_moves_outside() -> None:
+    assert calibrate_capacity(1.0, 0.85, 1.0, 0) == 1.0  # within 80-90% of target: hold
+    assert calibrate_capacity(1.0, 0.7, 1.0, 0) == pytest.approx(1.05)  # headroom, no queue: carry more
+    assert calibrate_capacity(1.0, 0.7, 1.0, 3) == 1.0  # headroom but a queue: no raise
+    assert calibrate_capacity(1.0, 0.95, 1.0, 0) == pytest.approx(1 / 1.1)  # near target: carry less
+    assert calibrate_capacity(1.0, 0.7, 1.0, 0, raise_below=0.6) == 1.0  # the old, wider band held here
+    with pytest.raises(ValueError, match="raise_below < lower_above"):
+        calibrate_capacity(1.0, 0.5, 1.0, 0, raise_below=0.9, lower_above=0.8)
+
+
+@given(
+    factor=st.floats(0.5, 2.0),
+    a=st.floats(0.0, 5.0),
+    b=st.floats(0.0, 5.0),
+    queue=st.integers(0, 5),
+)
+def test_calibration_never_rises_with_a_worse_tail(factor: float, a: float, b: float, queue: int) -> None:
+    better, worse = sorted((a, b))
+    after_better = calibrate_capacity(factor, better, 1.0, queue)
+    after_worse = calibrate_capacity(factor, worse, 1.0, queue)
+    assert after_worse <= after_better
+    assert 0.5 <= after_worse <= 2.0 and 0.5 <= after_better <= 2.0
