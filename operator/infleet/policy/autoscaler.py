@@ -218,7 +218,7 @@ def calibrate_capacity(
 
     The band is 80-90% of the target: the upper edge keeps a 10% margin under the SLO; the lower edge was 60%,
     which by design left 40% of the latency budget unused and kept replicas the SLO did not need (measured on
-    both Azure traces, in four 15-minute windows each: the same attainment within 0.02 points in all eight, 15-40%
+    both Azure traces, in four 15-minute windows each: the same attainment within 0.02 points in all eight, 14-40%
     cheaper in four; docs/benchmarks.md).
     """
     if not 0 < raise_below < lower_above:
