@@ -8,6 +8,7 @@ answer, placement runs on the declared throughput.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ from infleet.controller.kube import Obj
 from infleet.controller.scrape import LoadSample, MetricsSource, combine, fetch_all, observe
 from infleet.policy import AutoscalerConfig, LoadObservation, PlacementRequest
 from infleet.policy.scaling import FleetScalingConfig, FleetScalingState, FleetScalingStep, scale_step
+
+HISTORY_S = 1800.0  # arrival-rate history kept for warm-pool sizing (longer than any pool's cold start)
 
 
 def autoscaler_config(infd: InferenceDeployment, request: PlacementRequest, period_s: float) -> AutoscalerConfig:
@@ -38,6 +41,7 @@ class Autoscaling:
     samples: dict[str, LoadSample] = field(default_factory=dict)
     states: dict[str, FleetScalingState] = field(default_factory=dict)
     last_observation: dict[str, LoadObservation] = field(default_factory=dict)
+    history: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
 
     def step(
         self,
@@ -57,11 +61,19 @@ class Autoscaling:
         if obs is None:
             return None
         self.last_observation[key] = obs
+        rates = self.history.setdefault(key, deque())
+        rates.append((obs.time_s, obs.arrival_rate_rps))
+        while rates and obs.time_s - rates[0][0] > HISTORY_S:
+            rates.popleft()
         config = FleetScalingConfig(autoscaler=autoscaler_config(infd, request, self.period_s))
         result = scale_step(config, self.states.get(key, FleetScalingState()), obs, request, ready)
         self.states[key] = result.state
         return result
 
+    def rate_history(self, key: str) -> list[tuple[float, float]]:
+        """Measured (time, arrival rps) of the last `HISTORY_S` seconds, oldest first."""
+        return list(self.history.get(key, ()))
+
     def forget(self, key: str) -> None:
-        for memory in (self.samples, self.states, self.last_observation):
+        for memory in (self.samples, self.states, self.last_observation, self.history):
             memory.pop(key, None)

@@ -46,6 +46,7 @@ from infleet.controller.snapshot import (
     read_cluster,
 )
 from infleet.controller.status import Cond, budget_condition, merge_conditions, newly_false, post_event, ready_condition
+from infleet.controller.warmpool import warm_history, warm_replicas
 from infleet.policy import PlacementPlan, PlacementRequest, place
 from infleet.policy.scaling import FleetScalingStep
 
@@ -238,7 +239,9 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
     ready = {pool: pp.ready for pool, pp in serving_pods.items()}
     price = {o.pool: o.replica_price_per_hour for o in request.offers}
     desired = hold_serving(target, current, ready, price)
-    warm = _warm_target(infd, plan, request)
+    measured = settings.autoscaling.rate_history(f"{namespace}/{name}") if settings.autoscaling is not None else []
+    history = warm_history(measured, request.demand_rps, now.timestamp())
+    warm = warm_replicas(infd, plan, request, desired, history)
     runtimes = {c.pool.metadata.name or "": c for c in usable}
     workloads = []
     for pool, n in desired.items():
@@ -516,19 +519,6 @@ def _slo_targets(infd: InferenceDeployment) -> dict[str, float]:
     if slo.tpot_p99_ms is not None:
         out["tpot"] = slo.tpot_p99_ms / 1000
     return out
-
-
-def _warm_target(infd: InferenceDeployment, plan: PlacementPlan | None, request: Any) -> dict[str, int]:
-    """Fixed warm pools sit on the cheapest pool the plan uses (Auto needs load history: not sized here yet)."""
-    wp = infd.spec.warm_pool
-    if wp.mode != "Fixed" or not wp.size or plan is None or not plan.replicas:
-        return {}
-    price = {o.pool: o.replica_price_per_hour for o in request.offers}
-    pool = min(plan.replicas, key=lambda p: (price.get(p, 0.0), p))
-    size = wp.size
-    if wp.max_hourly_cost_usd is not None and price.get(pool, 0.0) > 0:
-        size = min(size, int(wp.max_hourly_cost_usd // price[pool]))
-    return {pool: size} if size > 0 else {}
 
 
 def emit(kube: Kube, body: Obj, result: Result, now: datetime) -> None:

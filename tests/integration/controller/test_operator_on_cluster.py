@@ -382,3 +382,49 @@ def test_full_pool_falls_back_and_moves_back_when_capacity_returns(env: tuple[An
         raise AssertionError(f"did not move back to h100-spot: {obj['status']}")
     assert not pools["h100-spot"]["saturated"]
     wait_for("on-demand pods gone", lambda: not on("h100-on-demand"), timeout=60)
+
+
+def test_auto_warm_pool_gets_warm_pods_the_service_does_not_select(env: tuple[Any, str, OperatorProcess]) -> None:
+    cluster, ns, _ = env
+    manifest = yaml.safe_load((ROOT / "examples/small-cpu-model.yaml").read_text())
+    manifest["metadata"]["name"] = "auto-warm"
+    # Declared 2 rps, no worker answering (kwok): the policy assumes the load may double within a cold start and
+    # keeps what a quarter of the serving cost buys (4 CPU replicas, about $0.79/h: one $0.14/h cpu-spot replica).
+    manifest["spec"]["warmPool"] = {"mode": "Auto", "maxHourlyCostUSD": 0.5}
+    apply_infd(cluster, ns, manifest)
+    wait_for("placed", lambda: placed_and_ready(cluster, ns, "auto-warm"), timeout=120)
+
+    def warm_ready() -> list[dict[str, Any]] | None:
+        warm = [p for p in pods_of(cluster, ns, "auto-warm") if p["metadata"]["labels"]["infleet.io/role"] == "warm"]
+        ready = [
+            p
+            for p in warm
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+        ]
+        return warm if warm and len(ready) == len(warm) else None
+
+    warm = wait_for("warm pods ready", warm_ready, timeout=90)
+    # Alone, the cheaper cpu-spot holds it; with this module's other deployments filling cpu-spot it may be
+    # cpu-on-demand. Either way: an allowed pool, within a quarter of the serving cost and maxHourlyCostUSD.
+    assert {p["metadata"]["labels"]["infleet.io/pool"] for p in warm} <= set(manifest["spec"]["placement"]["pools"])
+    args = warm[0]["spec"]["containers"][0]["args"]
+    assert args[args.index("--state") + 1] == "warm"
+
+    def counted() -> Any:
+        obj = get(cluster, "infd", "-n", ns, "auto-warm")
+        return obj if obj and obj["status"].get("warmReplicas") == len(warm) else None
+
+    obj = wait_for("status counts the warm pods", counted)
+    assert sum(p["warm"] for p in obj["status"]["pools"]) == len(warm)
+    price = {
+        p["metadata"]["name"]: p["spec"]["pricePerDeviceHourUSD"] for p in get(cluster, "acceleratorpools")["items"]
+    }
+    warm_cost = sum(price[p["metadata"]["labels"]["infleet.io/pool"]] for p in warm)  # one CPU slice per replica
+    serving_cost = sum(price[p["pool"]] * p["desired"] for p in obj["status"]["pools"])
+    assert warm_cost <= min(0.5, 0.25 * serving_cost) + 1e-9, (warm_cost, serving_cost)
+    # The Service routes only to pods matching its selector (this cluster makes no EndpointSlices to check
+    # routing itself): warm pods must not match it, serving pods must.
+    selector = get(cluster, "service", "-n", ns, "auto-warm")["spec"]["selector"]
+    serving = [p for p in pods_of(cluster, ns, "auto-warm") if p["metadata"]["labels"]["infleet.io/role"] == "serving"]
+    assert serving and all(all(p["metadata"]["labels"].get(k) == v for k, v in selector.items()) for p in serving)
+    assert any(warm[0]["metadata"]["labels"].get(k) != v for k, v in selector.items()), "the Service selects warm pods"
