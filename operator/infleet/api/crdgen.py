@@ -218,7 +218,7 @@ def inference_deployment_crd() -> Schema:
             _printer("Model", "string", ".spec.model.name", "Served model."),
             _printer("Ready", "integer", ".status.readyReplicas", "Ready serving replicas."),
             _printer("Replicas", "integer", ".status.replicas", "Serving replicas."),
-            _printer("Pools", "string", ".status.pools[*].pool", "Pools with replicas."),
+            _printer("Pools", "string", ".status.poolsSummary", "Serving replicas per pool."),
             _printer("Cost/h", "number", ".status.costPerHourUSD", "Current cost per hour, USD."),
             _printer("SLO", "string", '.status.conditions[?(@.type=="SLOMet")].status', "Whether the SLO is met."),
             _printer("Status", "string", '.status.conditions[?(@.type=="Ready")].reason', "Why (not) ready.", 1),

@@ -505,6 +505,10 @@ class InferenceDeploymentStatus(KubeModel):
         Field(max_length=64),
         ListType("map", ("pool",)),
     ] = Field(default_factory=list, description="Replicas per pool.")
+    pools_summary: Annotated[str, Field(max_length=4096)] | None = Field(
+        default=None,
+        description="Desired serving replicas per pool, e.g. h100-spot=2,l4-on-demand=1 (the Pools column).",
+    )
     cost_per_hour_usd: float = Field(default=0.0, ge=0, description="Current cost per hour of all replicas, in USD.")
     last_decision: Decision | None = Field(default=None, description="The last placement or scaling decision.")
 

@@ -308,6 +308,7 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
         "warmReplicas": sum(pods.warm.values()),
         "selector": label_selector(selector_labels(name, role="serving")),
         "pools": pool_rows,
+        "poolsSummary": pools_summary(desired),
         "costPerHourUSD": round(cost, 6),
     }
     newly_saturated = sorted(set(saturated) - set(previous_saturation(body, now)))
@@ -345,6 +346,11 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
         events=events,
         saturated=sorted(saturated),
     )
+
+
+def pools_summary(desired: Mapping[str, int]) -> str:
+    """`kubectl get infd`'s Pools column: desired serving replicas per pool, by name ("" when none)."""
+    return ",".join(f"{pool}={n}" for pool, n in sorted(desired.items()) if n > 0)
 
 
 def _wait_for_claim(

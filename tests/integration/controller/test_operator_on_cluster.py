@@ -184,6 +184,9 @@ def test_example_is_placed_on_pods_bound_to_its_pools(env: tuple[Any, str, Opera
     assert obj["status"]["costPerHourUSD"] > 0
     table = cluster.kubectl("get", "infd", "-n", ns, name).stdout
     assert name in table and "ReplicasReady" not in table  # wide-only column
+    summary = ",".join(f"{p}={status_pools[p]['desired']}" for p in sorted(status_pools))
+    assert obj["status"]["poolsSummary"] == summary
+    assert summary in table.splitlines()[1].split(), table  # the Pools column names every pool with its count
     svc = get(cluster, "service", "-n", ns, name)
     assert svc["spec"]["selector"]["infleet.io/role"] == "serving"
 

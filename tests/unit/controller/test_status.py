@@ -42,3 +42,10 @@ def test_ready_condition() -> None:
     assert ready_condition(3, 3, True).status == "True"
     assert ready_condition(3, 1, True).reason == "ReplicasNotReady"
     assert ready_condition(0, 0, False).reason == "NotPlaced"
+
+
+def test_pools_summary_lists_serving_replicas_by_pool_name() -> None:
+    from infleet.controller.reconcile import pools_summary
+
+    assert pools_summary({"l4-on-demand": 1, "h100-spot": 2, "cpu-spot": 0}) == "h100-spot=2,l4-on-demand=1"
+    assert pools_summary({}) == ""
