@@ -43,6 +43,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not scrape workers; replicas follow the declared throughput and scaling bounds only",
     )
+    p.add_argument(
+        "--promotion-client",
+        choices=("http", "assume-ok", "off"),
+        default="http",
+        help="how warm workers are told to serve on a scale-up: http (POST /admin/state, the default), "
+        "assume-ok (ONLY for simulated clusters such as kwok, where no worker answers: every promotion is taken "
+        "as accepted), off (never promote; scale-ups start cold pods)",
+    )
     p.add_argument("--image-repository", default=None, help="worker image repository (suffixed -cuda, -cpu, ...)")
     p.add_argument("--image-tag", default=None, help="worker image tag (default: the operator's version)")
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="log format (default json)")
@@ -58,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from infleet.controller.kube import Kube
     from infleet.controller.manifests import ImageConfig
     from infleet.controller.metrics import OperatorMetrics
+    from infleet.controller.promotion import AssumeAccepted, HttpWorkerState, WorkerStateClient
     from infleet.controller.reconcile import Settings
     from infleet.controller.scrape import HttpMetricsSource
     from infleet.controller.slorules import SloRules
@@ -77,9 +86,14 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     autoscaling = None if args.no_autoscale else Autoscaling(HttpMetricsSource(), period_s=args.interval)
+    promotion: WorkerStateClient | None = None
+    if args.promotion_client == "http":
+        promotion = HttpWorkerState()
+    elif args.promotion_client == "assume-ok":  # simulated clusters only: no worker answers there
+        promotion = AssumeAccepted()
     ctx = Context(
         kube=kube,
-        settings=Settings(images=images, fallback_after=fallback, autoscaling=autoscaling),
+        settings=Settings(images=images, fallback_after=fallback, autoscaling=autoscaling, promotion=promotion),
         metrics=metrics,
         slo_rules=SloRules(kube),
     )

@@ -34,6 +34,13 @@ from infleet.controller.manifests import (
 )
 from infleet.controller.metrics import OperatorMetrics
 from infleet.controller.offers import PoolChoice, build_request, candidate_pools, choose
+from infleet.controller.promotion import (
+    WorkerStateClient,
+    apply_promotions,
+    plan_promotion,
+    promoted_by_pool,
+    serving_replicas,
+)
 from infleet.controller.snapshot import (
     ClusterView,
     group_pods,
@@ -67,6 +74,7 @@ class Settings:
     images: ImageConfig = field(default_factory=ImageConfig)
     fallback_after: timedelta | None = None  # overrides every deployment's placement.fallbackAfterSeconds
     autoscaling: Autoscaling | None = None  # None: replicas follow the declared throughput only
+    promotion: WorkerStateClient | None = None  # None: warm pods are never promoted (promoted ones still retire)
 
 
 @dataclass
@@ -181,7 +189,10 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
         now,
         settings.fallback_after or timedelta(seconds=infd.spec.placement.fallback_after_seconds),
     )
-    current = _current_serving(kube, owner)
+    deployment_replicas = _current_serving(kube, owner)
+    # Promoted pods (released from a warm ReplicaSet) serve beside the Deployment's pods and count with them.
+    promoted = {pool: len(ps) for pool, ps in promoted_by_pool(mine, owner.uid).items()}
+    current = {p: deployment_replicas.get(p, 0) + promoted.get(p, 0) for p in set(deployment_replicas) | set(promoted)}
     request = build_request(
         infd, usable, free, current, infd.spec.scaling.replicas if infd.spec.scaling.mode == "External" else None
     )
@@ -243,8 +254,17 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
     history = warm_history(measured, request.demand_rps, now.timestamp())
     warm = warm_replicas(infd, plan, request, desired, history)
     runtimes = {c.pool.metadata.name or "": c for c in usable}
+    promotion = plan_promotion(mine, owner.uid, desired, deployment_replicas, request.offers)
+    if settings.promotion is None:
+        promotion = replace(promotion, promote=[])
+    done, retired = apply_promotions(kube, owner, mine, promotion, settings.promotion)
+    pool_of = {p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get("infleet.io/pool", "") for p in mine}
+    for pod_name in done:
+        promoted[pool_of[pod_name]] = promoted.get(pool_of[pod_name], 0) + 1
+    for pod_name in retired:
+        promoted[pool_of[pod_name]] = promoted.get(pool_of[pod_name], 0) - 1
     workloads = []
-    for pool, n in desired.items():
+    for pool, n in serving_replicas(desired, promoted).items():
         if pool in runtimes:
             fam = runtimes[pool].pool.spec.accelerator.family
             workloads.append(
@@ -274,7 +294,7 @@ def reconcile(kube: Kube, body: Obj, now: datetime, settings: Settings, metrics:
     applied = apply_plan(kube, owner, workloads, settings.images)
     for w in workloads:
         if w.role == "serving":
-            metrics.count_scale(namespace, name, w.pool.name, current.get(w.pool.name, 0), w.replicas)
+            metrics.count_scale(namespace, name, w.pool.name, current.get(w.pool.name, 0), desired[w.pool.name])
     for pool, before in current.items():
         if pool not in desired:
             metrics.count_scale(namespace, name, pool, before, 0)

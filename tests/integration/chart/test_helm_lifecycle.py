@@ -137,13 +137,13 @@ ALLOWED = [
     ("create", "deployments.apps"), ("patch", "deployments.apps"), ("delete", "deployments.apps"),
     ("get", "persistentvolumeclaims"),
     ("list", "deployments.apps"), ("create", "services"), ("patch", "services"),
-    ("list", "pods"), ("list", "nodes"), ("create", "events"),
+    ("list", "pods"), ("patch", "pods"), ("delete", "pods"), ("list", "nodes"), ("create", "events"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "clusterkopfpeerings.kopf.dev"), ("patch", "kopfpeerings.kopf.dev"),
     ("create", "prometheusrules.monitoring.coreos.com"), ("watch", "namespaces"),
 ]
 REFUSED = [
-    ("get", "secrets"), ("list", "secrets"), ("list", "configmaps"), ("create", "pods"), ("delete", "pods"),
+    ("get", "secrets"), ("list", "secrets"), ("list", "configmaps"), ("create", "pods"),
     ("patch", "nodes"), ("delete", "nodes"), ("delete", "inferencedeployments.infleet.io"),
     ("create", "acceleratorpools.infleet.io"), ("delete", "acceleratorpools.infleet.io"),
     ("delete", "services"), ("update", "deployments.apps"), ("list", "persistentvolumeclaims"),

@@ -1,0 +1,188 @@
+"""Warm-pod promotion: a scale-up turns ready warm pods into serving ones (seconds) before starting cold pods.
+
+The decision is pure (`plan_promotion`, a function of the deployment's pods and the plan); the edges are thin:
+`WorkerStateClient.promote` tells the worker to serve (`POST /admin/state`), then `apply_promotions` relabels the
+pod `infleet.io/role=serving` and makes the InferenceDeployment its controller. The relabel takes the pod out of
+the warm ReplicaSet's selector, so that ReplicaSet starts a replacement (the replenish) and the Service selects
+the pod. Promoted pods carry `infleet.io/promoted=true` and are counted toward their pool's serving replicas, so
+the serving Deployment is scaled to `desired - promoted`; on scale-down they go first. Everything is read back
+from labels and owner references, so a restarted operator sees exactly what the last one did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+from kubernetes.client.exceptions import ApiException
+
+from infleet.controller.kube import Kube, Obj
+from infleet.controller.manifests import LABEL_POOL, LABEL_ROLE, WORKER_PORT, Owner
+from infleet.controller.snapshot import parse_time, pod_active, pod_ready
+from infleet.policy import PoolOffer, WarmWorker, promotion_order
+
+log = logging.getLogger("infleet.controller")
+
+LABEL_PROMOTED = "infleet.io/promoted"
+
+
+class WorkerStateClient(Protocol):
+    """Asks one worker to switch to `serving`; False means "not promotable now" (start a cold pod instead)."""
+
+    def promote(self, pod: Obj) -> bool: ...
+
+
+class HttpWorkerState:
+    """POST http://<podIP>:8000/admin/state {"state": "serving"}; a refusal, timeout or non-2xx is False."""
+
+    def __init__(self, timeout_s: float = 2.0) -> None:
+        self.client = httpx.Client(timeout=timeout_s, trust_env=False)
+
+    def promote(self, pod: Obj) -> bool:
+        ip = pod.get("status", {}).get("podIP")
+        name = pod["metadata"]["name"]
+        if not ip:
+            log.info("warm pod %s has no IP yet; not promoted", name)
+            return False
+        try:
+            resp = self.client.post(f"http://{ip}:{WORKER_PORT}/admin/state", json={"state": "serving"})
+        except httpx.HTTPError as exc:
+            log.info("warm pod %s did not take the promotion (%s); starting a cold pod instead", name, exc)
+            return False
+        if not 200 <= resp.status_code < 300:
+            log.info("warm pod %s refused the promotion (HTTP %d); starting a cold pod instead", name, resp.status_code)
+            return False
+        return True
+
+
+class AssumeAccepted:
+    """For simulated clusters only (kwok: no worker runs behind a pod IP): every promotion is taken as accepted."""
+
+    def promote(self, pod: Obj) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class PromotionPlan:
+    promote: list[str] = field(default_factory=list)  # warm pod names, in the policy's promotion order
+    retire: list[str] = field(default_factory=list)  # promoted pods to delete (scale-down removes them first)
+
+
+def is_promoted(pod: Obj, owner_uid: str) -> bool:
+    """A serving pod released from a warm ReplicaSet: labelled promoted and controlled by the InferenceDeployment."""
+    meta = pod["metadata"]
+    labels = meta.get("labels") or {}
+    if labels.get(LABEL_ROLE) != "serving" or labels.get(LABEL_PROMOTED) != "true":
+        return False
+    refs = meta.get("ownerReferences") or []
+    return any(r.get("uid") == owner_uid and r.get("controller") for r in refs)
+
+
+def _live(pod: Obj) -> bool:
+    return pod_active(pod) and not pod["metadata"].get("deletionTimestamp")
+
+
+def promoted_by_pool(pods: Iterable[Obj], owner_uid: str) -> dict[str, list[Obj]]:
+    out: dict[str, list[Obj]] = {}
+    for pod in pods:
+        if _live(pod) and is_promoted(pod, owner_uid):
+            out.setdefault((pod["metadata"].get("labels") or {}).get(LABEL_POOL, ""), []).append(pod)
+    return out
+
+
+def ready_since_s(pod: Obj) -> float:
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("status") == "True":
+            at = parse_time(c.get("lastTransitionTime"))
+            if at is not None:
+                return at.timestamp()
+    created = parse_time(pod["metadata"].get("creationTimestamp"))
+    return created.timestamp() if created is not None else 0.0
+
+
+def plan_promotion(
+    pods: Sequence[Obj],
+    owner_uid: str,
+    desired: Mapping[str, int],
+    deployment_replicas: Mapping[str, int],
+    offers: Sequence[PoolOffer],
+) -> PromotionPlan:
+    """Which warm pods to promote and which promoted pods to retire, from the deployment's pods and the plan.
+
+    Per pool, serving replicas that exist = the serving Deployment's replicas + promoted pods. A pool whose plan
+    wants more promotes its ready warm pods (most capacity per dollar first, then ready longest: the policy's
+    `promotion_order`), at most the shortfall; one that wants fewer deletes promoted pods first (ready shortest
+    first), so the serving Deployment keeps its pods as long as it can.
+    """
+    promoted = promoted_by_pool(pods, owner_uid)
+    warm = [
+        WarmWorker(p["metadata"]["name"], (p["metadata"].get("labels") or {}).get(LABEL_POOL, ""), ready_since_s(p))
+        for p in pods
+        if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == "warm" and _live(p) and pod_ready(p)
+    ]
+    short = {
+        pool: n - deployment_replicas.get(pool, 0) - len(promoted.get(pool, []))
+        for pool, n in desired.items()
+        if n > deployment_replicas.get(pool, 0) + len(promoted.get(pool, []))
+    }
+    chosen: list[str] = []
+    for worker in promotion_order(warm, offers):
+        if short.get(worker.pool, 0) > 0:
+            chosen.append(worker.name)
+            short[worker.pool] -= 1
+    retire: list[str] = []
+    for pool, pool_pods in sorted(promoted.items()):
+        excess = deployment_replicas.get(pool, 0) + len(pool_pods) - desired.get(pool, 0)
+        if excess <= 0:
+            continue
+        youngest = sorted(pool_pods, key=lambda p: (-ready_since_s(p), p["metadata"]["name"]))
+        retire += [p["metadata"]["name"] for p in youngest[: min(excess, len(pool_pods))]]
+    return PromotionPlan(promote=chosen, retire=retire)
+
+
+def serving_replicas(desired: Mapping[str, int], promoted: Mapping[str, int]) -> dict[str, int]:
+    """What each serving Deployment is scaled to: the pool's desired serving count less its promoted pods."""
+    return {pool: max(0, n - promoted.get(pool, 0)) for pool, n in desired.items()}
+
+
+def pod_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods/{name}"
+
+
+def apply_promotions(
+    kube: Kube, owner: Owner, pods: Sequence[Obj], plan: PromotionPlan, client: WorkerStateClient | None
+) -> tuple[list[str], list[str]]:
+    """Promote and retire as planned; returns (promoted, retired) pod names. Never raises for one pod's failure.
+
+    A worker that does not take the promotion stays warm (the serving Deployment then starts a cold pod). The
+    relabel carries the pod's resourceVersion, so a pod that changed meanwhile (replaced, deleted) is skipped.
+    """
+    by_name = {p["metadata"]["name"]: p for p in pods}
+    promoted: list[str] = []
+    for name in plan.promote:
+        pod = by_name[name]
+        if client is None or not client.promote(pod):
+            continue
+        patch = {
+            "metadata": {
+                "resourceVersion": pod["metadata"].get("resourceVersion"),
+                "labels": {LABEL_ROLE: "serving", LABEL_PROMOTED: "true"},
+                "ownerReferences": [owner.reference()],
+            }
+        }
+        try:
+            kube.merge_patch(pod_path(owner.namespace, name), patch)
+        except ApiException as exc:
+            if exc.status not in (404, 409, 422):
+                raise
+            log.info("warm pod %s changed before it was relabelled (%s); not promoted", name, exc.status)
+            continue
+        log.info("promoted warm pod %s of %s/%s to serving", name, owner.namespace, owner.name)
+        promoted.append(name)
+    retired = [name for name in plan.retire if kube.delete(pod_path(owner.namespace, name))]
+    if retired:
+        log.info("removed promoted pods %s of %s/%s (scale-down)", retired, owner.namespace, owner.name)
+    return promoted, retired
