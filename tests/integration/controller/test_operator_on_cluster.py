@@ -4,6 +4,7 @@ pools, problems become False conditions with Events, deletion cascades, and a fu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -100,14 +101,18 @@ def remove_models_pv(cluster: Any, ns: str) -> None:
     cluster.kubectl("delete", "pv", "-l", f"infleet.io/test-owner={ns}", "--wait=false", check=False)
 
 
-@pytest.fixture(scope="module")
-def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str, OperatorProcess]]:
+@contextlib.contextmanager
+def operator_in_namespace(
+    cluster: Any, prefix: str, log_dir: Path, *operator_args: str, models: bool = True
+) -> Iterator[tuple[Any, str, OperatorProcess]]:
+    """CRDs and example pools installed, a fresh namespace (with the `models` claim unless told otherwise) and a
+    real standalone `infleet run` watching it; everything the helper made is removed on exit."""
     install(cluster)
-    ns = f"ctl-it-{uuid.uuid4().hex[:6]}"
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
-    provide_models_pvc(cluster, ns)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(cluster.kubeconfig, ns, log, "--standalone").start()
+    if models:
+        provide_models_pvc(cluster, ns)
+    op = OperatorProcess(cluster.kubeconfig, ns, log_dir / "operator.log", "--standalone", *operator_args).start()
     try:
         op.wait_live()
         yield cluster, ns, op
@@ -115,7 +120,14 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         op.stop()
         print(op.log_tail(3000))
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        remove_models_pv(cluster, ns)
+        if models:
+            remove_models_pv(cluster, ns)
+
+
+@pytest.fixture(scope="module")
+def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str, OperatorProcess]]:
+    with operator_in_namespace(cluster, "ctl-it", tmp_path_factory.mktemp("operator")) as running:
+        yield running
 
 
 def pods_of(cluster: Any, ns: str, infd: str) -> list[dict[str, Any]]:

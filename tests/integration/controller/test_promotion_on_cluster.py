@@ -11,7 +11,6 @@ serving pod starts instead.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from tests.integration.controller.operator_process import OperatorProcess
 from tests.integration.controller.test_operator_on_cluster import (
     apply_infd,
     get,
-    install,
+    operator_in_namespace,
     placed_and_ready,
     pods_of,
     wait_for,
@@ -56,18 +55,9 @@ def manifest(replicas: int, name: str = NAME) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str, OperatorProcess]]:
-    install(cluster)
-    ns = f"promo-it-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", ns)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(cluster.kubeconfig, ns, log, "--standalone", "--promotion-client=assume-ok").start()
-    try:
-        op.wait_live()
-        yield cluster, ns, op
-    finally:
-        op.stop()
-        print(op.log_tail(3000))
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    with operator_in_namespace(cluster, "promo-it", tmp_path_factory.mktemp("operator"), "--promotion-client=assume-ok",
+                               models=False) as running:
+        yield running
 
 
 def role(pod: dict[str, Any]) -> str:
@@ -161,13 +151,7 @@ def test_a_worker_that_refuses_keeps_its_pod_warm_and_a_cold_pod_starts(
     cluster: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The default HTTP client on kwok: the pod IP (127.100.x.x) refuses the connection -> a cold start."""
-    install(cluster)
-    ns = f"promo-http-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", ns)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(cluster.kubeconfig, ns, log, "--standalone").start()
-    try:
-        op.wait_live()
+    with operator_in_namespace(cluster, "promo-http", tmp_path_factory.mktemp("operator"), models=False) as (_, ns, op):
         apply_infd(cluster, ns, manifest(1))
         wait_for("placed", lambda: placed_and_ready(cluster, ns, NAME), timeout=120)
         warm = wait_for(
@@ -186,6 +170,3 @@ def test_a_worker_that_refuses_keeps_its_pod_warm_and_a_cold_pod_starts(
         assert pod is not None and role(pod) == "warm" and "infleet.io/promoted" not in pod["metadata"]["labels"]
         assert op.proc is not None and op.proc.poll() is None, "the operator crashed"
         assert "did not take the promotion" in op.log_tail(20000)
-    finally:
-        op.stop()
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -9,7 +9,6 @@ removed at the end so other modules still see a cluster without the Prometheus O
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,8 @@ from tests.integration.controller.operator_process import OperatorProcess
 from tests.integration.controller.test_operator_on_cluster import (
     apply_infd,
     get,
-    install,
+    operator_in_namespace,
     placed_and_ready,
-    provide_models_pvc,
-    remove_models_pv,
     wait_for,
 )
 
@@ -50,20 +47,10 @@ def small_model(name: str) -> dict[str, Any]:
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str, OperatorProcess]]:
     if crd_installed(cluster):
         pytest.skip(f"{CRD_NAME} already exists in this cluster; these tests need to add and remove it")
-    install(cluster)
-    ns = f"ctl-slo-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", ns)
-    provide_models_pvc(cluster, ns)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(cluster.kubeconfig, ns, log, "--standalone").start()
     try:
-        op.wait_live()
-        yield cluster, ns, op
+        with operator_in_namespace(cluster, "ctl-slo", tmp_path_factory.mktemp("operator")) as running:
+            yield running
     finally:
-        op.stop()
-        print(op.log_tail(3000))
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        remove_models_pv(cluster, ns)
         cluster.kubectl("delete", "-f", str(STAND_IN_CRD), "--wait=false", check=False)
 
 
