@@ -33,7 +33,6 @@ from infleet.controller.manifests import (
     selector_labels,
 )
 from infleet.controller.metrics import OperatorMetrics
-from infleet.controller.offers import PoolChoice, build_request, candidate_pools, choose
 from infleet.controller.promotion import (
     WorkerStateClient,
     apply_promotions,
@@ -55,6 +54,7 @@ from infleet.controller.snapshot import (
 from infleet.controller.status import Cond, budget_condition, merge_conditions, newly_false, post_event, ready_condition
 from infleet.controller.warmpool import warm_history, warm_replicas
 from infleet.policy import PlacementPlan, PlacementRequest, place
+from infleet.policy.from_api import PoolChoice, build_request, candidate_pools, choose
 from infleet.policy.scaling import FleetScalingStep
 
 log = logging.getLogger("infleet.controller")

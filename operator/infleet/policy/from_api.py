@@ -1,34 +1,174 @@
-"""Build the policy's snapshot types from the API models (AcceleratorPool, InferenceDeployment).
+"""Build the policy's placement problem from the API models (InferenceDeployment + AcceleratorPools).
 
-The operator has its own, richer adapter (``infleet.controller.offers``: fallback, saturation, overrides); this one
-is for callers without a cluster, such as benchmarks and the ``what would this cost`` question: it reads only the
-manifests. Per-replica capacity is the pool's performance profile for the model (by name, then by model class);
-a profile measured at a latency bound looser than the SLO's p99 cannot promise the SLO, so that pool offers none.
+One adapter for every caller: the operator (which adds observed free devices, current replicas and overrides),
+the benchmarks and any "what would this cost" question asked of manifests alone. The policy's types are plain
+numbers; the API speaks profiles, families and spot policies. A pool's per-replica capacity comes from its
+performance profile for the model (by name, then by model class); a profile measured at a latency bound looser
+than the SLO cannot promise the SLO, so that pool offers no capacity. Without any profile a pool is usable only
+when the deployment declares no expected load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from infleet.api import AcceleratorPool, InferenceDeployment, PerformanceProfile
 from infleet.policy.types import PlacementRequest, PoolOffer
 
+# Capacity unit of a deployment that declares no load: one "request per second" per replica, so replicas come
+# from minReplicas / scaling.replicas alone.
+NOMINAL_CAPACITY = 1.0
 MEMORY_UTILIZATION = 0.9
 # Devices assumed in a pool whose size is unknown (no maxDevices, no observed status).
 DEFAULT_POOL_DEVICES = 64
 
 
-def profile_for(pool: AcceleratorPool, deployment: InferenceDeployment) -> PerformanceProfile | None:
-    model = deployment.spec.model
-    for prof in pool.spec.performance_profiles:
-        if prof.model == model.name:
-            return prof
+@dataclass(frozen=True)
+class PoolChoice:
+    """How one pool would run this deployment, or why it cannot."""
+
+    pool: AcceleratorPool
+    devices_per_replica: int
+    capacity_rps: float
+    profile: PerformanceProfile | None
+    why_not: str = ""
+
+
+def find_profile(pool: AcceleratorPool, infd: InferenceDeployment) -> PerformanceProfile | None:
+    model = infd.spec.model
+    profiles = pool.spec.performance_profiles
+    exact = [p for p in profiles if p.model == model.name]
+    if exact:
+        return exact[0]
     if model.model_class:
-        for prof in pool.spec.performance_profiles:
-            if prof.model_class == model.model_class:
-                return prof
+        by_class = [p for p in profiles if p.model_class == model.model_class]
+        if by_class:
+            return by_class[0]
     return None
+
+
+def demand_unit(infd: InferenceDeployment) -> tuple[float, str]:
+    """The deployment's declared load and its unit ("rps", "tps" or "none")."""
+    throughput = infd.spec.slo.throughput
+    if throughput is not None and throughput.requests_per_second is not None:
+        return throughput.requests_per_second, "rps"
+    if throughput is not None and throughput.tokens_per_second is not None:
+        return throughput.tokens_per_second, "tps"
+    return 0.0, "none"
+
+
+def choose(pool: AcceleratorPool, infd: InferenceDeployment) -> PoolChoice:
+    acc = pool.spec.accelerator
+    footprint = infd.spec.model.footprint_gib()
+    profile = find_profile(pool, infd)
+    if profile is not None:
+        devices = profile.devices_per_replica
+    else:
+        devices = max(1, math.ceil(footprint / (acc.memory_gib_per_device * MEMORY_UTILIZATION)))
+    if devices > acc.devices_per_node:
+        return PoolChoice(
+            pool, devices, 0.0, profile, f"needs {devices} devices per replica, nodes have {acc.devices_per_node}"
+        )
+    if footprint > devices * acc.memory_gib_per_device * MEMORY_UTILIZATION:
+        return PoolChoice(
+            pool,
+            devices,
+            0.0,
+            profile,
+            f"model needs {footprint:.3g} GiB, {devices} device(s) hold {devices * acc.memory_gib_per_device:g} GiB",
+        )
+    _, unit = demand_unit(infd)
+    if unit == "none":
+        return PoolChoice(pool, devices, NOMINAL_CAPACITY, profile)
+    if profile is None:
+        return PoolChoice(pool, devices, 0.0, None, "no performance profile for this model")
+    if profile.latency_bound_ms > infd.spec.slo.p99_latency_ms:
+        return PoolChoice(
+            pool,
+            devices,
+            0.0,
+            profile,
+            f"profiled at p99 {profile.latency_bound_ms} ms, SLO is {infd.spec.slo.p99_latency_ms} ms",
+        )
+    capacity = profile.requests_per_second if unit == "rps" else profile.tokens_per_second
+    if capacity is None:
+        return PoolChoice(
+            pool, devices, 0.0, profile, f"profile has no {'requestsPerSecond' if unit == 'rps' else 'tokensPerSecond'}"
+        )
+    return PoolChoice(pool, devices, capacity, profile)
+
+
+def candidate_pools(
+    infd: InferenceDeployment, pools: Mapping[str, AcceleratorPool]
+) -> tuple[list[AcceleratorPool], list[str]]:
+    """Pools this deployment may use (allowed by name and family), and names it references that do not exist."""
+    spec = infd.spec
+    families = set(spec.allowed_families())
+    named = spec.placement.pools
+    missing = [n for n in (named or []) if n not in pools]
+    missing += [n for n in (spec.placement.preference or []) if n not in pools and n not in missing]
+    chosen = [
+        p
+        for name, p in sorted(pools.items())
+        if (named is None or name in named) and p.spec.accelerator.family in families
+    ]
+    return chosen, missing
+
+
+def build_request(
+    infd: InferenceDeployment,
+    choices: list[PoolChoice],
+    free_devices: Mapping[str, int],
+    current: Mapping[str, int],
+    replicas_override: int | None = None,
+) -> PlacementRequest:
+    spec = infd.spec
+    demand, _ = demand_unit(infd)
+    preference = {name: rank for rank, name in enumerate(spec.placement.preference or [])}
+    spot = spec.placement.spot
+    offers = []
+    for c in choices:
+        name = c.pool.metadata.name or ""
+        capacity_type = c.pool.spec.capacity_type
+        rank = preference.get(name, len(preference))
+        if spot == "Preferred" and capacity_type == "on-demand":
+            rank += 1000
+        offers.append(
+            PoolOffer(
+                pool=name,
+                accelerator=c.pool.spec.accelerator.product,
+                capacity_type=capacity_type,
+                price_per_device_hour=c.pool.spec.price_per_device_hour_usd,
+                devices_per_replica=c.devices_per_replica,
+                device_memory_gib=c.pool.spec.accelerator.memory_gib_per_device,
+                free_devices=free_devices.get(name, 0),
+                replica_capacity_rps=c.capacity_rps,
+                cold_start_s=float(c.pool.spec.cold_start_seconds),
+                preference=rank,
+                current_replicas=current.get(name, 0),
+            )
+        )
+    scaling = spec.scaling
+    min_replicas, max_replicas = scaling.min_replicas, scaling.max_replicas
+    if replicas_override is not None:
+        min_replicas = max_replicas = max(scaling.min_replicas, min(replicas_override, scaling.max_replicas))
+    max_spot = 0.0 if spot == "Never" else 1.0
+    if spec.placement.min_on_demand_replicas and max_replicas:
+        max_spot = min(max_spot, 1.0 - spec.placement.min_on_demand_replicas / max(max_replicas, 1))
+    return PlacementRequest(
+        deployment=infd.metadata.name or "",
+        demand_rps=demand,
+        model_memory_gib=spec.model.footprint_gib(),
+        offers=tuple(offers),
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        max_spot_fraction=max(0.0, max_spot),
+        budget_per_hour=spec.cost.max_hourly_cost_usd,
+        memory_utilization=MEMORY_UTILIZATION,
+    )
 
 
 def pool_devices(pool: AcceleratorPool) -> int:
@@ -40,39 +180,6 @@ def pool_devices(pool: AcceleratorPool) -> int:
     return DEFAULT_POOL_DEVICES
 
 
-def offer_for(
-    pool: AcceleratorPool,
-    deployment: InferenceDeployment,
-    *,
-    free_devices: int | None = None,
-    current_replicas: int = 0,
-    preference: int = 0,
-) -> PoolOffer:
-    acc = pool.spec.accelerator
-    prof = profile_for(pool, deployment)
-    footprint = deployment.spec.model.footprint_gib()
-    if prof is not None:
-        devices = prof.devices_per_replica
-    else:
-        devices = max(1, math.ceil(footprint / (acc.memory_gib_per_device * MEMORY_UTILIZATION)))
-    capacity = 0.0
-    if prof is not None and prof.requests_per_second and prof.latency_bound_ms <= deployment.spec.slo.p99_latency_ms:
-        capacity = prof.requests_per_second
-    return PoolOffer(
-        pool=pool.metadata.name or "",
-        accelerator=acc.product,
-        capacity_type=pool.spec.capacity_type,
-        price_per_device_hour=pool.spec.price_per_device_hour_usd,
-        devices_per_replica=devices,
-        device_memory_gib=acc.memory_gib_per_device,
-        free_devices=pool_devices(pool) if free_devices is None else free_devices,
-        replica_capacity_rps=capacity,
-        cold_start_s=float(pool.spec.cold_start_seconds),
-        preference=preference,
-        current_replicas=current_replicas,
-    )
-
-
 def placement_request(
     deployment: InferenceDeployment,
     pools: Iterable[AcceleratorPool],
@@ -82,47 +189,19 @@ def placement_request(
     current: Mapping[str, int] | None = None,
     honour_pool_restrictions: bool = True,
 ) -> PlacementRequest:
-    """The placement problem of one deployment on the given pools.
+    """The placement problem of one deployment on the given pools, from manifests alone.
 
-    ``demand_rps`` defaults to the SLO's declared ``throughput.requestsPerSecond`` (0 when absent).
-    ``honour_pool_restrictions=False`` ignores ``placement.pools``/``placement.families`` (not the model's own
-    families), to ask what the deployment would cost on hardware its owner did not list.
+    ``demand_rps`` defaults to the SLO's declared throughput. ``free_devices`` defaults to what each pool's status
+    or ``maxDevices`` says. ``honour_pool_restrictions=False`` ignores ``placement.pools``/``placement.families``
+    (not the model's own families), to ask what the deployment would cost on hardware its owner did not list.
     """
     spec = deployment.spec
     families = set(spec.allowed_families() if honour_pool_restrictions else spec.model.families)
     named = spec.placement.pools if honour_pool_restrictions else None
-    rank = {name: i for i, name in enumerate(spec.placement.preference or [])}
-    offers = []
-    for pool in pools:
-        name = pool.metadata.name or ""
-        if pool.spec.accelerator.family not in families or (named is not None and name not in named):
-            continue
-        pref = rank.get(name, len(rank))
-        if spec.placement.spot == "Preferred" and pool.spec.capacity_type == "on-demand":
-            pref += 1000
-        offers.append(
-            offer_for(
-                pool,
-                deployment,
-                free_devices=None if free_devices is None else free_devices.get(name, 0),
-                current_replicas=(current or {}).get(name, 0),
-                preference=pref,
-            )
-        )
-    if demand_rps is None:
-        tp = spec.slo.throughput
-        demand_rps = tp.requests_per_second if tp is not None and tp.requests_per_second else 0.0
-    max_spot = 0.0 if spec.placement.spot == "Never" else 1.0
-    if spec.placement.min_on_demand_replicas:
-        max_spot = min(max_spot, 1.0 - spec.placement.min_on_demand_replicas / max(spec.scaling.max_replicas, 1))
-    return PlacementRequest(
-        deployment=deployment.metadata.name or "",
-        demand_rps=demand_rps,
-        model_memory_gib=spec.model.footprint_gib(),
-        offers=tuple(offers),
-        min_replicas=spec.scaling.min_replicas,
-        max_replicas=spec.scaling.max_replicas,
-        max_spot_fraction=max(0.0, max_spot),
-        budget_per_hour=spec.cost.max_hourly_cost_usd,
-        memory_utilization=MEMORY_UTILIZATION,
-    )
+    chosen = [
+        p for p in pools
+        if p.spec.accelerator.family in families and (named is None or (p.metadata.name or "") in named)
+    ]
+    free = dict(free_devices) if free_devices is not None else {p.metadata.name or "": pool_devices(p) for p in chosen}
+    request = build_request(deployment, [choose(p, deployment) for p in chosen], free, current or {})
+    return request if demand_rps is None else dataclasses.replace(request, demand_rps=demand_rps)

@@ -8,7 +8,6 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from infleet.controller.autoscale import Autoscaling
-from infleet.controller.offers import build_request, choose
 from infleet.controller.scrape import (
     LoadSample,
     WorkerMetrics,
@@ -16,6 +15,7 @@ from infleet.controller.scrape import (
     parse_worker_metrics,
     quantile_from_buckets,
 )
+from infleet.policy.from_api import build_request, choose
 from tests.unit.controller.builders import make_infd, make_pool
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60)

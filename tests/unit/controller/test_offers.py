@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from infleet.controller.offers import build_request, candidate_pools, choose
 from infleet.policy import place
+from infleet.policy.from_api import build_request, candidate_pools, choose
 from tests.unit.controller.builders import make_infd, make_pool
 
 

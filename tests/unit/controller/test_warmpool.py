@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from infleet.controller.autoscale import HISTORY_S, Autoscaling
-from infleet.controller.offers import build_request, choose
 from infleet.controller.scrape import WorkerMetrics
 from infleet.controller.warmpool import warm_history, warm_replicas
 from infleet.policy import PlacementPlan, PlacementRequest, PoolOffer
+from infleet.policy.from_api import build_request, choose
 from tests.unit.controller.builders import make_infd, make_pool
 
 
