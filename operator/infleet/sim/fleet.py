@@ -8,7 +8,7 @@ from pathlib import Path
 
 from infleet.api import AcceleratorPool, InferenceDeployment, load_manifests
 from infleet.policy.types import CapacityType
-from infleet.sim.service import DEVICES, ServiceModel, device_key, roofline
+from infleet.policy.service import DEVICES, ServiceModel, device_key, roofline
 
 # An AcceleratorPool does not say how many nodes it has (its status does, at run time); the simulator assumes
 # this many devices per pool unless the pool sets maxDevices.
@@ -162,7 +162,7 @@ def load_fleet(pool_files: list[Path], deployment_file: Path, deployment_name: s
 def with_service_overrides(fleet: SimFleet, overrides: dict[str, dict[str, float]]) -> SimFleet:
     """Replace service-model fields per pool, e.g. with the worker benchmark's measured rates.
 
-    ``overrides`` maps a pool name to fields of :class:`~infleet.sim.service.ServiceModel`
+    ``overrides`` maps a pool name to fields of :class:`~infleet.policy.service.ServiceModel`
     (``prefill_tokens_per_s``, ``tpot_base_s``, ``tpot_per_seq_s``, ``kv_tokens``, ``max_batch``).
     """
     fields = set(ServiceModel.__dataclass_fields__)

@@ -1,4 +1,4 @@
-"""Per-replica service model: prefill rate, time per output token as a function of batch size, KV-cache room.
+"""Per-replica service model (decision side): prefill rate, time per output token by batch size, KV-cache room.
 
 Every number comes from a roofline over public datasheet figures with stated efficiencies, until the worker
 benchmarks measure them (override any field per pool with ``ServiceModel`` arguments or ``--service FILE``):
