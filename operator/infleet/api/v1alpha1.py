@@ -470,6 +470,12 @@ class PoolReplicas(KubeModel):
     warm: int = Field(default=0, ge=0, description="Warm (loaded, idle) replicas on this pool.")
     cost_per_hour_usd: float = Field(default=0.0, ge=0, description="What this pool's replicas cost per hour, USD.")
     saturated: bool = Field(default=False, description="True when the pool could not fit the desired replicas.")
+    replica_capacity_rps: float = Field(
+        default=0.0,
+        ge=0,
+        description="Requests per second one replica on this pool sustains within the SLO, as the operator plans "
+        "it (profile or service-model estimate, calibrated); the gateway weighs replicas by it.",
+    )
 
 
 class Decision(KubeModel):
@@ -511,6 +517,11 @@ class InferenceDeploymentStatus(KubeModel):
     )
     cost_per_hour_usd: float = Field(default=0.0, ge=0, description="Current cost per hour of all replicas, in USD.")
     last_decision: Decision | None = Field(default=None, description="The last placement or scaling decision.")
+    loop_state: Annotated[str, Field(max_length=65536)] | None = Field(
+        default=None,
+        description="The operator's decision-loop state (compact JSON: scaling history, calibration, saturation), "
+        "kept here so a restarted operator or a peer taking over continues where the last one stopped.",
+    )
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of this type, if present."""

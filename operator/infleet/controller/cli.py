@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
-    from infleet.controller.autoscale import Autoscaling
+    from infleet.controller.autoscale import LoadMeter
     from infleet.controller.handlers import Context, register_handlers
     from infleet.controller.kube import Kube
     from infleet.controller.manifests import ImageConfig
@@ -70,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from infleet.controller.reconcile import Settings
     from infleet.controller.scrape import HttpMetricsSource
     from infleet.controller.slorules import SloRules
+    from infleet.policy.loop import LoopSettings
 
     kopf.configure(
         verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
@@ -81,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
     images = ImageConfig()
     if args.image_repository or args.image_tag:
         images = ImageConfig(args.image_repository or images.repository, args.image_tag or images.tag)
-    fallback = None if args.fallback_after_seconds is None else timedelta(seconds=args.fallback_after_seconds)
+    fallback = args.fallback_after_seconds
     metrics = OperatorMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
-    autoscaling = None if args.no_autoscale else Autoscaling(HttpMetricsSource(), period_s=args.interval)
+    meter = None if args.no_autoscale else LoadMeter(HttpMetricsSource())
     promotion: WorkerStateClient | None = None
     if args.promotion_client == "http":
         promotion = HttpWorkerState()
@@ -93,7 +93,17 @@ def run(args: argparse.Namespace) -> int:
         promotion = AssumeAccepted()
     ctx = Context(
         kube=kube,
-        settings=Settings(images=images, fallback_after=fallback, autoscaling=autoscaling, promotion=promotion),
+        settings=Settings(
+            images=images,
+            loop=LoopSettings(
+                period_s=args.interval,
+                fallback_after_s=fallback,
+                autoscale=meter is not None,
+                promote=promotion is not None,
+            ),
+            meter=meter,
+            promotion=promotion,
+        ),
         metrics=metrics,
         slo_rules=SloRules(kube),
     )

@@ -21,11 +21,14 @@ from kubernetes.client.exceptions import ApiException
 
 from infleet.api import GROUP, VERSION
 from infleet.controller.kube import Kube, is_transient
+from infleet.controller.loopstate import LoopStates
 from infleet.controller.metrics import OperatorMetrics
-from infleet.controller.reconcile import Settings, emit, parse_pools, reconcile
+from infleet.controller.observe import parse_pools
+from infleet.controller.reconcile import Settings, emit, reconcile
 from infleet.controller.slorules import SloRules
 from infleet.controller.snapshot import ClusterView, infleet_devices_by_pool, node_usage, pool_capacity
-from infleet.controller.status import Cond, merge_conditions
+from infleet.controller.status import merge_conditions
+from infleet.policy.conditions import Cond
 
 log = logging.getLogger("infleet.controller")
 
@@ -40,6 +43,7 @@ class Context:
     metrics: OperatorMetrics
     interval_s: float = 10.0
     slo_rules: SloRules | None = None  # None: no PrometheusRules (unit tests); the CLI always sets one
+    states: LoopStates = field(default_factory=LoopStates)
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -66,7 +70,7 @@ def reconcile_deployment(ctx: Context, body: Mapping[str, Any]) -> None:
             if current is None or current["metadata"].get("deletionTimestamp"):
                 return
             now = datetime.now(UTC)
-            outcome = reconcile(ctx.kube, current, now, ctx.settings, ctx.metrics)
+            outcome = reconcile(ctx.kube, current, now, ctx.settings, ctx.metrics, ctx.states)
             ctx.kube.merge_patch(deployment_status_path(meta["namespace"], meta["name"]), {"status": outcome.status})
             emit(ctx.kube, current, outcome, now)
             if ctx.slo_rules is not None:
@@ -98,7 +102,7 @@ def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> None:
     result = "success"
     try:
         name = body["metadata"]["name"]
-        pools = parse_pools([dict(body)])
+        pools, _ = parse_pools([dict(body)])
         if name not in pools:
             result = "permanent_error"
             raise kopf.PermanentError(f"AcceleratorPool {name} is invalid")
@@ -181,8 +185,9 @@ def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def on_delete(body: kopf.Body, **_: Any) -> None:
         # Owner references make the garbage collector remove the workloads; only our own series go here.
         ctx.metrics.forget_deployment(body["metadata"]["namespace"], body["metadata"]["name"])
-        if ctx.settings.autoscaling is not None:
-            ctx.settings.autoscaling.forget(f"{body['metadata']['namespace']}/{body['metadata']['name']}")
+        if ctx.settings.meter is not None:
+            ctx.settings.meter.forget(f"{body['metadata']['namespace']}/{body['metadata']['name']}")
+        ctx.states.forget(body["metadata"]["uid"])
 
     def on_pool(body: kopf.Body, **_: Any) -> None:
         reconcile_pool(ctx, body)

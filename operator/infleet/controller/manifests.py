@@ -75,6 +75,7 @@ class RuntimeOverride:
     image: str | None = None
     args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    env_from: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # name -> valueFrom (secretKeyRef, ...)
     requests: Mapping[str, str] = field(default_factory=dict)
     limits: Mapping[str, str] = field(default_factory=dict)
 
@@ -196,7 +197,8 @@ def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[st
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-        "env": [{"name": k, "value": v} for k, v in sorted(w.runtime.env.items())],
+        "env": [{"name": k, "value": v} for k, v in sorted(w.runtime.env.items())]
+        + [{"name": k, "valueFrom": dict(v)} for k, v in sorted(w.runtime.env_from.items())],
         "resources": {k: v for k, v in resources.items() if v},
     }
     pod_spec: dict[str, Any] = {

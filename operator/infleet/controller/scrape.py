@@ -31,6 +31,9 @@ class WorkerMetrics:
     running: float = 0.0
     requests_total: float = 0.0
     latency_buckets: Mapping[float, float] = field(default_factory=dict)  # le (seconds) -> cumulative count
+    ttft_buckets: Mapping[float, float] = field(default_factory=dict)
+    prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
 
 
 class MetricsSource(Protocol):
@@ -38,20 +41,35 @@ class MetricsSource(Protocol):
 
 
 def parse_worker_metrics(text: str) -> WorkerMetrics:
-    waiting = running = total = 0.0
-    buckets: dict[float, float] = {}
+    sums = {"waiting": 0.0, "running": 0.0, "total": 0.0, "prompt": 0.0, "gen": 0.0}
+    scalar = {
+        "infleet_worker_num_requests_waiting": "waiting",
+        "infleet_worker_num_requests_running": "running",
+        "infleet_worker_requests_total": "total",
+        "infleet_worker_prompt_tokens_total": "prompt",
+        "infleet_worker_generation_tokens_total": "gen",
+    }
+    histograms: dict[str, dict[float, float]] = {
+        "infleet_worker_request_latency_seconds_bucket": {},
+        "infleet_worker_time_to_first_token_seconds_bucket": {},
+    }
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "infleet_worker_num_requests_waiting":
-                waiting += sample.value
-            elif sample.name == "infleet_worker_num_requests_running":
-                running += sample.value
-            elif sample.name == "infleet_worker_requests_total":
-                total += sample.value
-            elif sample.name == "infleet_worker_request_latency_seconds_bucket":
+            if sample.name in scalar:
+                sums[scalar[sample.name]] += sample.value
+            elif sample.name in histograms:
                 le = float(sample.labels["le"])
+                buckets = histograms[sample.name]
                 buckets[le] = buckets.get(le, 0.0) + sample.value
-    return WorkerMetrics(waiting=waiting, running=running, requests_total=total, latency_buckets=buckets)
+    return WorkerMetrics(
+        waiting=sums["waiting"],
+        running=sums["running"],
+        requests_total=sums["total"],
+        latency_buckets=histograms["infleet_worker_request_latency_seconds_bucket"],
+        ttft_buckets=histograms["infleet_worker_time_to_first_token_seconds_bucket"],
+        prompt_tokens=sums["prompt"],
+        generation_tokens=sums["gen"],
+    )
 
 
 class HttpMetricsSource:
@@ -93,22 +111,32 @@ class LoadSample:
     running: float
     requests_total: float
     latency_buckets: Mapping[float, float]
+    ttft_buckets: Mapping[float, float] = field(default_factory=dict)
+    prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
+
+
+def _summed(histograms: Iterable[Mapping[float, float]]) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for h in histograms:
+        for le, n in h.items():
+            out[le] = out.get(le, 0.0) + n
+    return out
 
 
 def combine(time_s: float, scrapes: Iterable[WorkerMetrics]) -> LoadSample | None:
     scrapes = list(scrapes)
     if not scrapes:
         return None
-    buckets: dict[float, float] = {}
-    for s in scrapes:
-        for le, n in s.latency_buckets.items():
-            buckets[le] = buckets.get(le, 0.0) + n
     return LoadSample(
         time_s=time_s,
         waiting=sum(s.waiting for s in scrapes),
         running=sum(s.running for s in scrapes),
         requests_total=sum(s.requests_total for s in scrapes),
-        latency_buckets=buckets,
+        latency_buckets=_summed(s.latency_buckets for s in scrapes),
+        ttft_buckets=_summed(s.ttft_buckets for s in scrapes),
+        prompt_tokens=sum(s.prompt_tokens for s in scrapes),
+        generation_tokens=sum(s.generation_tokens for s in scrapes),
     )
 
 
@@ -130,18 +158,62 @@ def quantile_from_buckets(buckets: Mapping[float, float], q: float) -> float | N
     return None
 
 
-def observe(previous: LoadSample | None, now: LoadSample) -> LoadObservation | None:
-    """The load between two samples; None until there are two (a rate needs an interval)."""
+@dataclass(frozen=True, kw_only=True)
+class Interval:
+    """The load between two samples: rates, the tails of the requests finished in between, tokens per request."""
+
+    time_s: float
+    arrival_rate_rps: float
+    finished: float
+    queue_depth: int
+    in_flight: int
+    e2e_p99_s: float | None
+    ttft_p99_s: float | None
+    prompt_tokens_per_request: float | None
+    generated_tokens_per_request: float | None
+
+
+def _delta(now: Mapping[float, float], before: Mapping[float, float]) -> dict[float, float]:
+    return {le: max(0.0, n - before.get(le, 0.0)) for le, n in now.items()}
+
+
+def interval(previous: LoadSample | None, now: LoadSample) -> Interval | None:
+    """The load between two samples; None until there are two (a rate needs an interval).
+
+    Arrivals are finished requests plus the growth of what is queued or running (a worker counts requests when
+    they finish; the autoscaler wants them when they arrive).
+    """
     if previous is None or now.time_s <= previous.time_s:
         return None
     dt = now.time_s - previous.time_s
     # A worker that restarted resets its counters: a negative delta means "unknown", counted as nothing.
     finished = max(0.0, now.requests_total - previous.requests_total)
-    window = {le: max(0.0, n - previous.latency_buckets.get(le, 0.0)) for le, n in now.latency_buckets.items()}
-    return LoadObservation(
+    backlog_growth = (now.waiting + now.running) - (previous.waiting + previous.running)
+    arrived = max(0.0, finished + backlog_growth)
+    prompt = max(0.0, now.prompt_tokens - previous.prompt_tokens)
+    generated = max(0.0, now.generation_tokens - previous.generation_tokens)
+    return Interval(
         time_s=now.time_s,
-        arrival_rate_rps=finished / dt,
+        arrival_rate_rps=arrived / dt,
+        finished=finished,
         queue_depth=round(now.waiting),
         in_flight=round(now.running),
-        p99_latency_s=quantile_from_buckets(window, 0.99),
+        e2e_p99_s=quantile_from_buckets(_delta(now.latency_buckets, previous.latency_buckets), 0.99),
+        ttft_p99_s=quantile_from_buckets(_delta(now.ttft_buckets, previous.ttft_buckets), 0.99),
+        prompt_tokens_per_request=prompt / finished if finished else None,
+        generated_tokens_per_request=generated / finished if finished and generated else None,
+    )
+
+
+def observe(previous: LoadSample | None, now: LoadSample) -> LoadObservation | None:
+    """The load between two samples with the end-to-end tail as the latency signal (see ``interval``)."""
+    got = interval(previous, now)
+    if got is None:
+        return None
+    return LoadObservation(
+        time_s=got.time_s,
+        arrival_rate_rps=got.arrival_rate_rps,
+        queue_depth=got.queue_depth,
+        in_flight=got.in_flight,
+        p99_latency_s=got.e2e_p99_s,
     )

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from infleet.api import AcceleratorPool
-from infleet.controller.fallback import PoolPods
 from infleet.controller.kube import Kube, Obj
 from infleet.controller.manifests import LABEL_DEPLOYMENT, LABEL_POOL, LABEL_ROLE, MANAGED_BY, MANAGER
+from infleet.policy.fallback import PoolPods
 
 _SUFFIX = {
     "n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
@@ -170,6 +170,7 @@ def pool_capacity(
     resource = pool.spec.accelerator.resource_name
     name = pool.metadata.name or ""
     nodes = allocatable = allocated = free = room = 0
+    own_devices = 0.0
     for node in usage:
         if not selects(pool.spec.node_selector, node.labels):
             continue
@@ -177,6 +178,7 @@ def pool_capacity(
         alloc_devices = math.floor(device_units(pool, node.allocatable.get(resource, 0.0)))
         used_others = device_units(pool, node.requested_by_others.get(resource, 0.0))
         used_own = device_units(pool, node.requested_by_own.get(resource, 0.0))
+        own_devices += used_own
         allocatable += alloc_devices
         allocated += math.ceil(used_others + used_own)
         free_here = max(0.0, alloc_devices - used_others)
@@ -186,6 +188,9 @@ def pool_capacity(
     if limit is not None:
         allocatable = min(allocatable, limit)
         free = min(free, max(0, limit - infleet_devices_elsewhere))
+        if devices_per_replica:  # maxDevices bounds the room for more replicas too, not only the free devices
+            left = limit - infleet_devices_elsewhere - math.ceil(own_devices)
+            room = min(room, max(0, left) // devices_per_replica)
     return PoolCapacity(
         pool=name,
         nodes=nodes,
@@ -230,8 +235,9 @@ def group_pods(pods: Iterable[Obj]) -> DeploymentPods:
             out.warm_ready[pool] = out.warm_ready.get(pool, 0) + int(pod_ready(pod))
             continue
         seen = out.serving.get(pool, PoolPods())
-        since = unschedulable_since(pod)
-        earliest = seen.unschedulable_since
+        since_at = unschedulable_since(pod)
+        since = since_at.timestamp() if since_at is not None else None
+        earliest = seen.unschedulable_since_s
         if since is not None and (earliest is None or since < earliest):
             earliest = since
         out.serving[pool] = PoolPods(
@@ -239,7 +245,7 @@ def group_pods(pods: Iterable[Obj]) -> DeploymentPods:
             bound=seen.bound + int(bool(pod.get("spec", {}).get("nodeName"))),
             ready=seen.ready + int(pod_ready(pod)),
             unschedulable=seen.unschedulable + int(since is not None),
-            unschedulable_since=earliest,
+            unschedulable_since_s=earliest,
         )
     return out
 

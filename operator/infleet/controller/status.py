@@ -8,22 +8,14 @@ turning False also produces one Warning Event with the same reason and message; 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from infleet.controller.kube import Kube, Obj
+from infleet.policy.conditions import Cond
 
-Status = Literal["True", "False", "Unknown"]
 DEPLOYMENT_CONDITIONS = ("Ready", "Placed", "SLOMet", "WithinBudget")
 
-
-@dataclass(frozen=True)
-class Cond:
-    type: str
-    status: Status
-    reason: str
-    message: str
 
 
 def merge_conditions(
@@ -58,38 +50,6 @@ def newly_false(previous: Iterable[Mapping[str, Any]], new: Iterable[Cond]) -> l
         if c.status == "False"
         and (before.get(c.type, {}).get("status") != "False" or before.get(c.type, {}).get("reason") != c.reason)
     ]
-
-
-def ready_condition(desired: int, ready: int, placed: bool) -> Cond:
-    if not placed and desired == 0:
-        return Cond("Ready", "False", "NotPlaced", "no replica could be placed; see the Placed condition")
-    if ready >= desired:
-        word = "replica" if desired == 1 else "replicas"
-        return Cond("Ready", "True", "ReplicasReady", f"{ready}/{desired} serving {word} ready")
-    return Cond("Ready", "False", "ReplicasNotReady", f"{ready}/{desired} serving replicas ready")
-
-
-def budget_condition(cost: float, budget: float | None, cheapest_meeting_slo: float | None) -> Cond:
-    """WithinBudget; ``cheapest_meeting_slo`` is the least any SLO-meeting placement would cost (None: none)."""
-    if budget is None:
-        return Cond("WithinBudget", "True", "NoBudget", f"no cost limit set; placement costs ${cost:.2f}/h")
-    if cheapest_meeting_slo is not None and cheapest_meeting_slo > budget + 1e-9:
-        return Cond(
-            "WithinBudget",
-            "False",
-            "BudgetTooLow",
-            f"the cheapest placement that meets the SLO costs ${cheapest_meeting_slo:.2f}/h, above the budget of "
-            f"${budget:.2f}/h (cost.maxHourlyCostUSD); raise the budget or relax the SLO. Running a best effort "
-            f"within budget at ${cost:.2f}/h",
-        )
-    if cheapest_meeting_slo is None and cost >= budget - 1e-9:
-        return Cond(
-            "WithinBudget",
-            "False",
-            "BudgetTooLow",
-            f"no placement meets the SLO within ${budget:.2f}/h; best effort costs ${cost:.2f}/h",
-        )
-    return Cond("WithinBudget", "True", "WithinBudget", f"placement costs ${cost:.2f}/h of ${budget:.2f}/h")
 
 
 def post_event(kube: Kube, involved: Obj, *, type_: str, reason: str, message: str, now: datetime) -> None:

@@ -3,9 +3,9 @@
 One adapter for every caller: the operator (which adds observed free devices, current replicas and overrides),
 the benchmarks and any "what would this cost" question asked of manifests alone. The policy's types are plain
 numbers; the API speaks profiles, families and spot policies. A pool's per-replica capacity comes from its
-performance profile for the model (by name, then by model class); a profile measured at a latency bound looser
-than the SLO cannot promise the SLO, so that pool offers no capacity. Without any profile a pool is usable only
-when the deployment declares no expected load.
+performance profile for the model (by name, then by model class), else the service model's estimate for the request
+mix (:mod:`infleet.policy.capacity`); a profile measured at a latency bound looser than the SLO cannot promise the
+SLO, so that pool offers no capacity. Capacity and demand are always requests per second.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from infleet.api import AcceleratorPool, InferenceDeployment, PerformanceProfile
+from infleet.policy.capacity import DEFAULT_MIX, RequestMix, estimated_capacity_rps, slo_seconds, tokens_to_requests
 from infleet.policy.types import PlacementRequest, PoolOffer
 
-# Capacity unit of a deployment that declares no load: one "request per second" per replica, so replicas come
-# from minReplicas / scaling.replicas alone.
-NOMINAL_CAPACITY = 1.0
 MEMORY_UTILIZATION = 0.9
 # Devices assumed in a pool whose size is unknown (no maxDevices, no observed status).
 DEFAULT_POOL_DEVICES = 64
@@ -50,17 +48,17 @@ def find_profile(pool: AcceleratorPool, infd: InferenceDeployment) -> Performanc
     return None
 
 
-def demand_unit(infd: InferenceDeployment) -> tuple[float, str]:
-    """The deployment's declared load and its unit ("rps", "tps" or "none")."""
+def declared_demand_rps(infd: InferenceDeployment, mix: RequestMix = DEFAULT_MIX) -> float:
+    """The deployment's declared load in requests/s (tokens/s at the mix's mean output length); 0 when none."""
     throughput = infd.spec.slo.throughput
     if throughput is not None and throughput.requests_per_second is not None:
-        return throughput.requests_per_second, "rps"
+        return throughput.requests_per_second
     if throughput is not None and throughput.tokens_per_second is not None:
-        return throughput.tokens_per_second, "tps"
-    return 0.0, "none"
+        return tokens_to_requests(throughput.tokens_per_second, mix)
+    return 0.0
 
 
-def choose(pool: AcceleratorPool, infd: InferenceDeployment) -> PoolChoice:
+def choose(pool: AcceleratorPool, infd: InferenceDeployment, mix: RequestMix = DEFAULT_MIX) -> PoolChoice:
     acc = pool.spec.accelerator
     footprint = infd.spec.model.footprint_gib()
     profile = find_profile(pool, infd)
@@ -80,11 +78,9 @@ def choose(pool: AcceleratorPool, infd: InferenceDeployment) -> PoolChoice:
             profile,
             f"model needs {footprint:.3g} GiB, {devices} device(s) hold {devices * acc.memory_gib_per_device:g} GiB",
         )
-    _, unit = demand_unit(infd)
-    if unit == "none":
-        return PoolChoice(pool, devices, NOMINAL_CAPACITY, profile)
     if profile is None:
-        return PoolChoice(pool, devices, 0.0, None, "no performance profile for this model")
+        capacity, why = estimated_capacity_rps(pool, infd, devices, mix)
+        return PoolChoice(pool, devices, capacity, None, why)
     if profile.latency_bound_ms > infd.spec.slo.p99_latency_ms:
         return PoolChoice(
             pool,
@@ -93,12 +89,21 @@ def choose(pool: AcceleratorPool, infd: InferenceDeployment) -> PoolChoice:
             profile,
             f"profiled at p99 {profile.latency_bound_ms} ms, SLO is {infd.spec.slo.p99_latency_ms} ms",
         )
-    capacity = profile.requests_per_second if unit == "rps" else profile.tokens_per_second
-    if capacity is None:
-        return PoolChoice(
-            pool, devices, 0.0, profile, f"profile has no {'requestsPerSecond' if unit == 'rps' else 'tokensPerSecond'}"
-        )
-    return PoolChoice(pool, devices, capacity, profile)
+    if profile.requests_per_second is not None:
+        measured = profile.requests_per_second
+    elif profile.tokens_per_second is not None:
+        measured = tokens_to_requests(profile.tokens_per_second, mix)
+    else:
+        return PoolChoice(pool, devices, 0.0, profile, "profile has neither requestsPerSecond nor tokensPerSecond")
+    ttft, tpot, _ = slo_seconds(infd)
+    if ttft is None and tpot is None:
+        return PoolChoice(pool, devices, measured, profile)
+    # A profile vouches for its end-to-end bound only; TTFT/TPOT targets are checked against the service model,
+    # and the lower of the two capacities is planned for.
+    estimate, why = estimated_capacity_rps(pool, infd, devices, mix)
+    if estimate <= 0:
+        return PoolChoice(pool, devices, 0.0, profile, f"profiled end to end only; {why or 'TTFT/TPOT not met'}")
+    return PoolChoice(pool, devices, min(measured, estimate), profile)
 
 
 def candidate_pools(
@@ -124,9 +129,10 @@ def build_request(
     free_devices: Mapping[str, int],
     current: Mapping[str, int],
     replicas_override: int | None = None,
+    mix: RequestMix = DEFAULT_MIX,
 ) -> PlacementRequest:
     spec = infd.spec
-    demand, _ = demand_unit(infd)
+    demand = declared_demand_rps(infd, mix)
     preference = {name: rank for rank, name in enumerate(spec.placement.preference or [])}
     spot = spec.placement.spot
     offers = []
@@ -166,9 +172,25 @@ def build_request(
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         max_spot_fraction=max(0.0, max_spot),
-        budget_per_hour=spec.cost.max_hourly_cost_usd,
+        budget_per_hour=hourly_budget(infd, mix),
         memory_utilization=MEMORY_UTILIZATION,
     )
+
+
+def hourly_budget(infd: InferenceDeployment, mix: RequestMix = DEFAULT_MIX) -> float | None:
+    """The serving budget per hour: maxHourlyCostUSD, and maxCostPerMillionTokensUSD at the declared load.
+
+    A per-token cap becomes an hourly one at the declared throughput (the CRD says "at the expected throughput"):
+    million tokens per hour x dollars per million. Without a declared load a per-token cap cannot bind and is
+    reported by the caller, not silently ignored.
+    """
+    cost = infd.spec.cost
+    caps = [] if cost.max_hourly_cost_usd is None else [cost.max_hourly_cost_usd]
+    per_token = cost.max_cost_per_million_tokens_usd
+    tokens_per_hour = declared_demand_rps(infd, mix) * mix.mean_gen * 3600
+    if per_token is not None and tokens_per_hour > 0:
+        caps.append(per_token * tokens_per_hour / 1e6)
+    return min(caps) if caps else None
 
 
 def pool_devices(pool: AcceleratorPool) -> int:

@@ -11,6 +11,11 @@ simulator both run them, so the rules below hold in both:
   has fallen by a third), it goes only after the demand has fit without it for ``shed_after_s``, three cold starts
   by default: releasing it saves its price per hour, getting it back costs a cold start of minutes during which
   the SLO is at risk, so it is kept (ski-rental style) until it has been idle for several times that cost.
+* **The replica bounds hold**: a scale-up adds at most ``maxReplicas`` minus what runs.
+* **Scale-up stabilisation** (``scale_up_window_s``, HPA's ``scaleUp.stabilizationWindowSeconds``): a scale-up goes
+  only as high as the lowest recommendation over the window, so a one-period spike does not buy replicas.
+* **Queue per replica** (``target_queue_per_replica``): a backlog deeper than the target per running replica raises
+  the desired capacity in proportion, at most doubling it per decision.
 * **Profiles are corrected by the live tail** (:func:`~infleet.policy.autoscaler.calibrate_capacity`), judged only
   on a settled fleet (every replica ready).
 """
@@ -41,6 +46,8 @@ SHED_AFTER_COLD_STARTS = 3.0
 class FleetScalingConfig:
     autoscaler: AutoscalerConfig
     calibrate: bool = True
+    scale_up_window_s: float = 0.0
+    target_queue_per_replica: float | None = None
     shed_after_s: float | None = None  # None: SHED_AFTER_COLD_STARTS x the longest cold start among the pools
     # calibrate_capacity's hold band (fractions of the latency target): raise capacity below, lower it above.
     calibration_band: tuple[float, float] = (CALIBRATION_RAISE_BELOW, CALIBRATION_LOWER_ABOVE)
@@ -97,7 +104,9 @@ def scale_step(
     ready_cap = sum(caps.get(p, 0.0) * n for p, n in ready.items())
     auto_state = dataclasses.replace(state.autoscaler, desired_capacity_rps=have)
     decision = decide(config.autoscaler, auto_state, dataclasses.replace(obs, ready_capacity_rps=ready_cap))
-    want = decision.desired_capacity_rps
+    want = _queue_pressure(config, decision.desired_capacity_rps, have, obs.queue_depth, sum(current.values()))
+    want = _up_stabilised(config, decision, want, have, obs.time_s)
+    decision = dataclasses.replace(decision, desired_capacity_rps=want)
     spare_since = state.spare_since_s
     target = dict(current)
     if want > have + 1e-9:
@@ -106,9 +115,13 @@ def scale_step(
             dataclasses.replace(o, free_devices=max(0, o.free_devices - o.current_replicas * o.devices_per_replica))
             for o in offers
         )
-        extra = place(dataclasses.replace(request, demand_rps=want - have, offers=left, min_replicas=0))
-        for p, n in extra.replicas.items():
-            target[p] = target.get(p, 0) + n
+        room = None if request.max_replicas is None else max(0, request.max_replicas - sum(current.values()))
+        if room != 0:
+            extra = place(
+                dataclasses.replace(request, demand_rps=want - have, offers=left, min_replicas=0, max_replicas=room)
+            )
+            for p, n in extra.replicas.items():
+                target[p] = target.get(p, 0) + n
         if sum(target.values()) < request.min_replicas:
             target = dict(place(dataclasses.replace(request, demand_rps=want, offers=offers)).replicas)
     elif want < have - 1e-9 and settled:
@@ -122,6 +135,27 @@ def scale_step(
         spare_since = None
     new_state = FleetScalingState(autoscaler=decision.state, calibration=factor, spare_since_s=spare_since)
     return FleetScalingStep(replicas=target, decision=decision, state=new_state, calibration=factor)
+
+
+def _queue_pressure(config: FleetScalingConfig, want: float, have: float, queue: int, replicas: int) -> float:
+    """Raise the desired capacity when the backlog per replica exceeds ``scaling.targetQueueDepthPerReplica``."""
+    target = config.target_queue_per_replica
+    if target is None or queue <= 0 or have <= 0:
+        return want
+    per_replica = queue / max(1, replicas)
+    if per_replica <= target:
+        return want
+    return max(want, have * min(2.0, per_replica / target))
+
+
+def _up_stabilised(
+    config: FleetScalingConfig, decision: ScalingDecision, want: float, have: float, now: float
+) -> float:
+    """A scale-up reaches only the lowest recommendation of the last ``scale_up_window_s`` (never below ``have``)."""
+    if config.scale_up_window_s <= 0 or want <= have:
+        return want
+    recent = [r for t, r in decision.state.recommendations if now - t < config.scale_up_window_s]
+    return max(have, min([want, *recent]))
 
 
 def _shed_one(

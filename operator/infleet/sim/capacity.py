@@ -91,3 +91,16 @@ def request(
         max_spot_fraction=dep.max_spot_fraction,
         budget_per_hour=dep.budget_per_hour,
     )
+
+
+def initial_rate(fleet: SimFleet, trace: Trace) -> float:
+    """The arrival rate every policy sizes its starting fleet for, so all start alike.
+
+    The deployment's declared ``slo.throughput.requestsPerSecond`` when it has one (what the operator places for
+    before any traffic is seen); otherwise the trace's first minute, as if the fleet had been running on this
+    traffic already (a replay starting from zero would charge every policy a cold start the trace never saw).
+    """
+    declared = fleet.deployment.expected_rps
+    if declared is not None:
+        return declared
+    return len(trace.window(0, 60)) / 60.0

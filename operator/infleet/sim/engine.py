@@ -47,6 +47,10 @@ class Observation:
     serving: dict[str, int]
     ready: dict[str, int]
     warm: dict[str, int]
+    # p99 of the requests finished in the last controller period (what one scrape of the workers shows).
+    p99_e2e_s: float | None = None
+    p99_ttft_period_s: float | None = None
+    warm_ready: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ class Simulation:
         self.tpot = np.full(n, np.nan)
         self.e2e = np.full(n, np.nan)
         self.status = np.zeros(n, dtype=np.int8)
-        self.finished: deque[tuple[float, float]] = deque()
+        self.finished: deque[tuple[float, float, float]] = deque()  # (finished at, ttft, e2e)
         self.in_flight = 0
         self.prompt_cum = np.concatenate([[0.0], np.cumsum(trace.prompt_tokens, dtype=float)])
         self.sq_cum = np.concatenate([[0.0], np.cumsum(trace.prompt_tokens.astype(float) ** 2)])
@@ -262,6 +266,9 @@ class Simulation:
         while self.finished and self.finished[0][0] < now - 60.0:
             self.finished.popleft()
         p99 = float(np.percentile([f[1] for f in self.finished], 99)) if self.finished else None
+        recent = [f for f in self.finished if f[0] >= now - period]
+        p99_e2e = float(np.percentile([f[2] for f in recent], 99)) if recent else None
+        p99_ttft_period = float(np.percentile([f[1] for f in recent], 99)) if recent else None
         return Observation(
             now=now,
             arrival_rate_rps=(hi - lo) / period,
@@ -275,6 +282,9 @@ class Simulation:
             serving=self._count("serving", ("starting", "ready")),
             ready=self._count("serving", ("ready",)),
             warm=self._count("warm", ("starting", "ready")),
+            p99_e2e_s=p99_e2e,
+            p99_ttft_period_s=p99_ttft_period,
+            warm_ready=self._count("warm", ("ready",)),
         )
 
     def run(self, progress: bool = False) -> SimResult:
@@ -307,7 +317,7 @@ class Simulation:
                     r.running -= 1
                     r.kv -= float(self.trace.prompt_tokens[idx] + self.trace.gen_tokens[idx])
                     self.in_flight -= 1
-                    self.finished.append((now, float(self.ttft[idx])))
+                    self.finished.append((now, float(self.ttft[idx]), float(self.e2e[idx])))
                     if r.state == "draining" and r.running == 0:
                         self._release(r, now)
                     self._dispatch(now)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from infleet.api import AcceleratorPool, InferenceDeployment, load_manifests
-from infleet.policy.types import CapacityType
 from infleet.policy.service import DEVICES, ServiceModel, device_key, roofline
+from infleet.policy.types import CapacityType
 
 # An AcceleratorPool does not say how many nodes it has (its status does, at run time); the simulator assumes
 # this many devices per pool unless the pool sets maxDevices.
@@ -72,6 +72,9 @@ class SimDeployment:
 class SimFleet:
     pools: tuple[SimPool, ...]
     deployment: SimDeployment
+    # The manifests the fleet was built from: infleet's policy observes these, exactly as the operator does.
+    api_pools: tuple[AcceleratorPool, ...] = ()
+    api_deployment: InferenceDeployment | None = None
 
     def pool(self, name: str) -> SimPool:
         for p in self.pools:
@@ -142,7 +145,7 @@ def build_fleet(pools: list[AcceleratorPool], dep: InferenceDeployment) -> SimFl
         scale_to_zero_after_s=float(spec.scaling.scale_to_zero_after_seconds),
         expected_rps=slo.throughput.requests_per_second if slo.throughput else None,
     )
-    return SimFleet(pools=tuple(sim_pools), deployment=sim_dep)
+    return SimFleet(pools=tuple(sim_pools), deployment=sim_dep, api_pools=tuple(pools), api_deployment=dep)
 
 
 def load_fleet(pool_files: list[Path], deployment_file: Path, deployment_name: str | None = None) -> SimFleet:

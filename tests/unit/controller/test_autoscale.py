@@ -1,4 +1,4 @@
-"""Worker scrape -> LoadObservation -> the policy's scale_step, with a fake metrics source (no cluster)."""
+"""Worker scrapes -> the loop's measured load (LoadMeter), with a fake metrics source (no cluster)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from infleet.controller.autoscale import Autoscaling
+from infleet.controller.autoscale import LoadMeter
 from infleet.controller.scrape import (
     LoadSample,
     WorkerMetrics,
@@ -15,8 +15,7 @@ from infleet.controller.scrape import (
     parse_worker_metrics,
     quantile_from_buckets,
 )
-from infleet.policy.from_api import build_request, choose
-from tests.unit.controller.builders import make_infd, make_pool
+from tests.unit.controller.builders import make_infd
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60)
 
@@ -54,7 +53,8 @@ def test_observe_needs_two_samples_and_survives_counter_resets() -> None:
     assert observe(None, a) is None
     obs = observe(a, b)
     assert obs is not None
-    assert obs.arrival_rate_rps == pytest.approx(5.0)
+    # 50 finished and 6 more queued or running than before: 56 arrived in 10 s
+    assert obs.arrival_rate_rps == pytest.approx(5.6)
     assert (obs.queue_depth, obs.in_flight) == (4, 2)
     # 10 of the window's 50 requests took over 1 s: the p99 lies in +Inf, reported as the last finite bound
     # (what PromQL's histogram_quantile does).
@@ -77,23 +77,37 @@ class FakeSource:
         return self.pages.get(pod["metadata"]["name"])
 
 
-def test_scale_up_on_measured_load_without_moving_running_replicas() -> None:
-    infd = make_infd(scaling={"minReplicas": 1, "maxReplicas": 10})  # declared 5 rps; profiles give 2 rps/replica
-    pool = make_pool()
-    request = build_request(infd, [choose(pool, infd)], {"l4-spot": 16}, {"l4-spot": 3})
+def test_meter_needs_answers_and_two_samples_then_measures_arrivals_tail_and_mix() -> None:
+    infd = make_infd(slo={"p99LatencyMs": 2000, "ttftP99Ms": 500, "throughput": {"requestsPerSecond": 5}})
     source = FakeSource()
-    auto = Autoscaling(source, period_s=10)
+    meter = LoadMeter(source)
     pods = [{"metadata": {"name": f"p{i}"}} for i in range(3)]
-    assert auto.step("ns/chat", infd, request, {"l4-spot": 3}, pods, 0.0) is None  # nobody answers
+    assert meter.measure("ns/chat", infd, pods, 0.0).load is None  # nobody answers
     for i in range(3):
         source.pages[f"p{i}"] = WorkerMetrics(requests_total=0)
-    assert auto.step("ns/chat", infd, request, {"l4-spot": 3}, pods, 10.0) is None  # first sample: no rate yet
+    assert meter.measure("ns/chat", infd, pods, 10.0).load is None  # first sample: no rate yet
     for i in range(3):
-        source.pages[f"p{i}"] = WorkerMetrics(waiting=10, running=4, requests_total=40)  # 12 rps over 10 s
-    step = auto.step("ns/chat", infd, request, {"l4-spot": 3}, pods, 20.0)
-    assert step is not None
-    assert step.decision.direction == "up"
-    assert step.replicas["l4-spot"] > 3
-    assert step.replicas["l4-spot"] <= 10
-    auto.forget("ns/chat")
-    assert "ns/chat" not in auto.samples and "ns/chat" not in auto.states
+        source.pages[f"p{i}"] = WorkerMetrics(
+            waiting=10, running=4, requests_total=40, prompt_tokens=40_000, generation_tokens=8_000,
+            ttft_buckets={0.25: 38, 1.0: 40, float("inf"): 40}, latency_buckets={5.0: 40, float("inf"): 40},
+        )  # fmt: skip
+    got = meter.measure("ns/chat", infd, pods, 20.0)
+    assert got.load is not None
+    assert got.load.arrival_rate_rps == pytest.approx((120 + 42) / 10)  # finished + the backlog's growth
+    assert (got.load.queue_depth, got.load.in_flight) == (30, 12)
+    # The SLO declares TTFT, so TTFT's tail is the latency signal, not end-to-end
+    assert got.load.p99_latency_s is not None and 0.25 < got.load.p99_latency_s <= 1.0
+    assert got.mix is not None and (got.mix.mean_prompt, got.mix.mean_gen) == (1000.0, 200.0)
+    meter.forget("ns/chat")
+    assert "ns/chat" not in meter.samples
+
+
+def test_meter_ignores_the_mix_of_too_few_requests() -> None:
+    source = FakeSource()
+    meter = LoadMeter(source)
+    pods = [{"metadata": {"name": "p"}}]
+    source.pages["p"] = WorkerMetrics(requests_total=0)
+    meter.measure("k", make_infd(), pods, 0.0)
+    source.pages["p"] = WorkerMetrics(requests_total=3, prompt_tokens=300, generation_tokens=30)
+    got = meter.measure("k", make_infd(), pods, 10.0)
+    assert got.load is not None and got.mix is None

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from infleet.policy import place
-from infleet.policy.from_api import build_request, candidate_pools, choose
+from infleet.policy.capacity import RequestMix
+from infleet.policy.from_api import build_request, candidate_pools, choose, declared_demand_rps, hourly_budget
 from tests.unit.controller.builders import make_infd, make_pool
 
 
@@ -33,10 +34,50 @@ def test_model_too_big_for_the_node_is_explained() -> None:
     assert "devices per replica, nodes have 4" in c.why_not
 
 
-def test_no_profile_and_declared_load_means_unusable() -> None:
+def test_no_profile_means_the_service_model_estimate_never_a_nominal_default() -> None:
     c = choose(make_pool(performanceProfiles=[]), make_infd())
+    assert c.why_not == ""
+    assert c.capacity_rps > 1.0  # an 8B model on an L4 serves several chat requests/s (roofline), not "1.0"
+    longer = choose(
+        make_pool(performanceProfiles=[]), make_infd(), RequestMix(mean_prompt=8000, mean_gen=400, tail_prompt=30000)
+    )
+    assert 0 < longer.capacity_rps < c.capacity_rps
+
+
+def test_no_profile_and_unknown_product_is_explained() -> None:
+    pool = make_pool(
+        performanceProfiles=[],
+        accelerator={
+            "family": "nvidia-gpu",
+            "product": "NVIDIA-B300",
+            "resourceName": "nvidia.com/gpu",
+            "devicesPerNode": 8,
+            "memoryGiBPerDevice": 270,
+        },
+    )
+    c = choose(pool, make_infd())
     assert c.capacity_rps == 0
-    assert c.why_not == "no performance profile for this model"
+    assert "no service figures for NVIDIA-B300" in c.why_not
+
+
+def test_tokens_per_second_become_requests_per_second() -> None:
+    tps = make_infd(
+        slo={"p99LatencyMs": 2000, "throughput": {"tokensPerSecond": 2100}}, scaling={"maxReplicas": 10}
+    )
+    mix = RequestMix(mean_prompt=1000, mean_gen=210, tail_prompt=4000)
+    assert declared_demand_rps(tps, mix) == 10.0
+    pool = make_pool(performanceProfiles=[{"modelClass": "llm-8b", "tokensPerSecond": 420, "latencyBoundMs": 2000}])
+    assert choose(pool, tps, mix).capacity_rps == 2.0  # 420 tokens/s at 210 tokens per request
+    req = build_request(tps, [choose(pool, tps, mix)], {"l4-spot": 16}, {}, mix=mix)
+    assert place(req).replicas == {"l4-spot": 5}
+
+
+def test_per_token_budget_becomes_an_hourly_cap_at_the_declared_load() -> None:
+    mix = RequestMix(mean_prompt=1000, mean_gen=200, tail_prompt=4000)
+    infd = make_infd(cost={"maxCostPerMillionTokensUSD": 1.0, "maxHourlyCostUSD": 50})
+    # 5 rps x 200 tokens x 3600 s = 3.6M tokens/h -> $3.60/h, tighter than $50/h
+    assert hourly_budget(infd, mix) == 3.6
+    assert hourly_budget(make_infd(slo={"p99LatencyMs": 2000}, cost={"maxCostPerMillionTokensUSD": 1.0}), mix) is None
 
 
 def test_candidates_respect_names_and_families_and_report_missing_pools() -> None:

@@ -105,7 +105,7 @@ def test_group_pods_tracks_the_earliest_unschedulable_time_per_pool() -> None:
     got = group_pods(pods)
     h = got.serving["h100"]
     assert (h.total, h.bound, h.ready, h.unschedulable) == (4, 1, 1, 2)
-    assert h.unschedulable_since == datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)
+    assert h.unschedulable_since_s == datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC).timestamp()
     assert got.warm == {"h100": 1}
 
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from infleet.controller.status import Cond, budget_condition, merge_conditions, newly_false, ready_condition
+from infleet.controller.status import merge_conditions, newly_false
+from infleet.policy.conditions import Cond, budget_condition, ready_condition
 
 T0 = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 T1 = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
@@ -45,7 +46,7 @@ def test_ready_condition() -> None:
 
 
 def test_pools_summary_lists_serving_replicas_by_pool_name() -> None:
-    from infleet.controller.reconcile import pools_summary
+    from infleet.controller.execute import pools_summary
 
     assert pools_summary({"l4-on-demand": 1, "h100-spot": 2, "cpu-spot": 0}) == "h100-spot=2,l4-on-demand=1"
     assert pools_summary({}) == ""

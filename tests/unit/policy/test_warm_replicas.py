@@ -1,15 +1,12 @@
-"""Warm replicas per pool from `warmPool` (pure): Fixed, Auto through the policy's plan_warm_pool, and Off."""
+"""Warm replicas per pool from `warmPool` (the loop's rule): Fixed, Auto through plan_warm_pool, and Off."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from infleet.controller.autoscale import HISTORY_S, Autoscaling
-from infleet.controller.scrape import WorkerMetrics
-from infleet.controller.warmpool import warm_history, warm_replicas
-from infleet.policy import PlacementPlan, PlacementRequest, PoolOffer
-from infleet.policy.from_api import build_request, choose
-from tests.unit.controller.builders import make_infd, make_pool
+from infleet.policy import LoadObservation, PlacementPlan, PlacementRequest, PoolOffer
+from infleet.policy.loop import RATE_HISTORY_S, LoopState, _rates, warm_history, warm_replicas
+from tests.unit.controller.builders import make_infd
 
 
 def offer(pool: str, price: float, rps: float, *, free: int = 64, cold: float = 90.0) -> PoolOffer:
@@ -44,7 +41,7 @@ CHEAP, DEAR = offer("cpu-spot", 0.14, 0.6), offer("cpu-od", 0.36, 0.6)
 def test_auto_sizes_from_the_burst_within_a_quarter_of_the_serving_cost() -> None:
     req = request(CHEAP, DEAR)
     desired = {"cpu-spot": 3, "cpu-od": 1}  # serving $0.78/h: a quarter buys one $0.14 warm replica
-    history = warm_history([], req.demand_rps, 0.0)
+    history = warm_history((), req.demand_rps, 0.0)
     assert warm_replicas(infd(mode="Auto"), plan(desired), req, desired, history) == {"cpu-spot": 1}
     # A dearer fleet ($1.56/h) affords more warm replicas ($0.39/h), still on the cheaper pool.
     double = {"cpu-spot": 6, "cpu-od": 2}
@@ -54,7 +51,7 @@ def test_auto_sizes_from_the_burst_within_a_quarter_of_the_serving_cost() -> Non
 def test_auto_respects_max_hourly_cost_and_size() -> None:
     req = request(CHEAP, DEAR)
     desired = {"cpu-spot": 20}
-    history = warm_history([], req.demand_rps, 0.0)
+    history = warm_history((), req.demand_rps, 0.0)
     # A doubling (2 rps) at 75% of 0.6 rps per replica: 5 warm replicas, within a quarter of $2.80/h.
     assert warm_replicas(infd(mode="Auto"), plan(desired), req, desired, history) == {"cpu-spot": 5}
     assert warm_replicas(infd(mode="Auto", maxHourlyCostUSD=0.3), plan(desired), req, desired, history) == {
@@ -68,8 +65,8 @@ def test_auto_keeps_none_for_steady_measured_load_and_more_for_bursts() -> None:
     desired = {"cpu-spot": 40}
     steady = [(float(t), 2.0) for t in range(0, 600, 10)]
     bursty = [(float(t), 2.0 if (t // 100) % 2 else 0.2) for t in range(0, 600, 10)]
-    assert warm_replicas(infd(mode="Auto"), plan(desired), req, desired, warm_history(steady, 2.0, 600)) == {}
-    assert warm_replicas(infd(mode="Auto"), plan(desired), req, desired, warm_history(bursty, 2.0, 600)) == {
+    assert warm_replicas(infd(mode="Auto"), plan(desired), req, desired, warm_history(tuple(steady), 2.0, 600)) == {}
+    assert warm_replicas(infd(mode="Auto"), plan(desired), req, desired, warm_history(tuple(bursty), 2.0, 600)) == {
         "cpu-spot": 4
     }
 
@@ -93,36 +90,18 @@ def test_fixed_off_and_unplaced() -> None:
 
 
 def test_history_is_the_measurements_else_the_declared_load() -> None:
-    assert warm_history([(1.0, 3.0)], 2.0, 5.0) == [(1.0, 3.0)]
-    assert warm_history([], 2.0, 5.0) == [(5.0, 2.0)]
-    assert warm_history([], 0.0, 5.0) == []
+    assert warm_history(((1.0, 3.0),), 2.0, 5.0) == [(1.0, 3.0)]
+    assert warm_history((), 2.0, 5.0) == [(5.0, 2.0)]
+    assert warm_history((), 0.0, 5.0) == []
 
 
-class OnePod:
-    """One worker whose finished-request counter grows by `per_step` each scrape."""
-
-    def __init__(self, per_step: int) -> None:
-        self.total = 0
-        self.per_step = per_step
-
-    def fetch(self, pod: Any) -> WorkerMetrics:
-        self.total += self.per_step
-        return WorkerMetrics(requests_total=self.total)
-
-
-def test_autoscaling_keeps_the_measured_rates_for_a_bounded_window() -> None:
-    infd_ = make_infd(scaling={"minReplicas": 1, "maxReplicas": 10})
-    pool = make_pool()
-    req = build_request(infd_, [choose(pool, infd_)], {"l4-spot": 16}, {"l4-spot": 1})
-    auto = Autoscaling(OnePod(per_step=50), period_s=10)  # type: ignore[arg-type]
-    pods = [{"metadata": {"name": "p0"}}]
+def test_the_loop_keeps_measured_rates_for_a_bounded_window() -> None:
+    rates = LoopState().rates
     period = 10.0
-    steps = int(HISTORY_S / period) + 20
+    steps = int(RATE_HISTORY_S / period) + 20
     for i in range(steps):
-        auto.step("ns/chat", infd_, req, {"l4-spot": 1}, pods, i * period)
-    history = auto.rate_history("ns/chat")
-    assert history[-1] == ((steps - 1) * period, 5.0)  # 50 requests per 10 s
-    assert history[-1][0] - history[0][0] <= HISTORY_S
-    assert len(history) == int(HISTORY_S / period) + 1
-    auto.forget("ns/chat")
-    assert auto.rate_history("ns/chat") == []
+        rates = _rates(rates, LoadObservation(time_s=i * period, arrival_rate_rps=5.0))
+    assert rates[-1] == ((steps - 1) * period, 5.0)
+    assert rates[-1][0] - rates[0][0] <= RATE_HISTORY_S
+    assert len(rates) == int(RATE_HISTORY_S / period) + 1
+    assert _rates(rates, None) == rates  # no measurement: nothing added

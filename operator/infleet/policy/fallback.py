@@ -6,19 +6,19 @@ So the ground truth is the scheduler: when a deployment's pods on a pool stay un
 ``fallbackAfterSeconds``, the pool is *saturated* for that deployment and capped at the replicas it actually
 holds; placement then puts the rest on the next pool that meets the SLO. Saturation lifts when the pool's nodes
 have room again, and the move back never drops ready serving replicas below the desired count (the expensive
-pool shrinks only as cheaper replicas become ready). All functions here are pure.
+pool shrinks only as cheaper replicas become ready). All functions here are pure; times are
+seconds on the caller's clock (the operator's wall clock, the simulator's simulated time).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
 
-from infleet.policy import PoolOffer
+from infleet.policy.types import PoolOffer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PoolPods:
     """One deployment's serving pods on one pool, as the scheduler sees them."""
 
@@ -26,12 +26,12 @@ class PoolPods:
     bound: int = 0  # assigned to a node
     ready: int = 0
     unschedulable: int = 0
-    unschedulable_since: datetime | None = None  # earliest time a still-pending pod was found unschedulable
+    unschedulable_since_s: float | None = None  # earliest time a still-pending pod was found unschedulable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Saturation:
-    since: datetime
+    since_s: float
     message: str
 
 
@@ -39,21 +39,21 @@ def update_saturation(
     previous: Mapping[str, Saturation],
     pods: Mapping[str, PoolPods],
     room: Mapping[str, int],
-    now: datetime,
-    fallback_after: timedelta,
+    now_s: float,
+    fallback_after_s: float,
 ) -> dict[str, Saturation]:
     """Which pools are saturated for this deployment now.
 
-    A pool becomes saturated when a pod there has been unschedulable for ``fallback_after``; it stays so until
+    A pool becomes saturated when a pod there has been unschedulable for ``fallback_after_s``; it stays so until
     the snapshot shows room for another replica (``room``: replicas that would fit on the pool's nodes now).
     """
     out: dict[str, Saturation] = {}
     for pool, seen in pods.items():
-        since = seen.unschedulable_since
-        if since is not None and seen.unschedulable > 0 and now - since >= fallback_after:
-            waited = int((now - since).total_seconds())
+        since = seen.unschedulable_since_s
+        if since is not None and seen.unschedulable > 0 and now_s - since >= fallback_after_s:
+            waited = int(now_s - since)
             out[pool] = previous.get(pool) or Saturation(
-                since=now,
+                since_s=now_s,
                 message=f"{seen.unschedulable} replica(s) unschedulable for {waited}s on pool {pool}",
             )
     for pool, sat in previous.items():
@@ -82,11 +82,14 @@ def hold_serving(
     current: Mapping[str, int],
     ready: Mapping[str, int],
     price: Mapping[str, float],
+    *,
+    max_total: int | None = None,
 ) -> dict[str, int]:
     """Desired replicas per pool that move toward ``target`` without losing ready serving capacity.
 
     Pools grow at once. A shrinking pool gives up its not-ready pods at once (a ReplicaSet removes those first),
     but a ready pod only while the fleet has more ready pods than the target total, most expensive pools first.
+    ``max_total`` (the deployment's maxReplicas) is never exceeded: see :func:`_within_bound`.
     """
     desired = {pool: n for pool, n in target.items() if n > 0}
     goal = sum(target.values())
@@ -101,4 +104,38 @@ def hold_serving(
         keep = have - drop_not_ready - drop_ready
         if keep > 0:
             desired[pool] = keep
+    if max_total is not None and sum(desired.values()) > max_total:
+        desired = _within_bound(desired, current, ready, target, price, max_total)
     return dict(sorted(desired.items()))
+
+
+def _within_bound(
+    desired: Mapping[str, int],
+    current: Mapping[str, int],
+    ready: Mapping[str, int],
+    target: Mapping[str, int],
+    price: Mapping[str, float],
+    max_total: int,
+) -> dict[str, int]:
+    """Cap a move between pools at ``max_total`` replicas: a rolling move with no surge, one replica at a time.
+
+    Held replicas stay; growth gets what room is left, cheapest pool first. With no room and nothing starting on the
+    growing pools, one ready replica of the dearest shrinking pool makes way for one new replica (so the move back
+    from a fallback pool progresses, one cold start at a time, instead of never).
+    """
+    base = {p: min(n, current.get(p, 0)) for p, n in desired.items()}
+    room = max(0, max_total - sum(base.values()))
+    growing = sorted((p for p in desired if desired[p] > base[p]), key=lambda p: (price.get(p, 0.0), p))
+    out = dict(base)
+    for pool in growing:
+        add = min(desired[pool] - base[pool], room)
+        out[pool] += add
+        room -= add
+    starting = any(current.get(p, 0) > ready.get(p, 0) for p in growing)
+    if growing and not starting and all(out[p] == base[p] for p in growing):
+        dear = [p for p in out if out[p] > target.get(p, 0) and out[p] > 0]
+        if dear:
+            drop = max(dear, key=lambda p: (price.get(p, 0.0), p))
+            out[drop] -= 1
+            out[growing[0]] += 1
+    return {p: n for p, n in out.items() if n > 0}

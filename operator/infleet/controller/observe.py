@@ -1,0 +1,218 @@
+"""Observe: cluster objects -> the decision loop's :class:`~infleet.policy.loop.Observation`. Pure.
+
+The cluster view comes from the operator's in-memory indexes (:mod:`infleet.controller.index`); the load from the
+workers' and the gateway's metrics (:mod:`infleet.controller.autoscale`). Nothing here reads the API server or
+decides anything: it only turns Kubernetes shapes (nodes, pods, quantities, labels) into the loop's typed input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from infleet.api import AcceleratorPool, InferenceDeployment
+from infleet.controller.kube import Obj
+from infleet.controller.manifests import (
+    LABEL_POOL,
+    LABEL_ROLE,
+    Owner,
+    PoolRuntime,
+    RuntimeOverride,
+    Workload,
+    selector_labels,
+)
+from infleet.controller.promotion import is_promoted, ready_since_s
+from infleet.controller.snapshot import (
+    ClusterView,
+    group_pods,
+    infleet_devices_by_pool,
+    node_usage,
+    parse_quantity,
+    pod_active,
+    pod_ready,
+    pool_capacity,
+)
+from infleet.policy.autoscaler import LoadObservation
+from infleet.policy.capacity import RequestMix
+from infleet.policy.fallback import PoolPods
+from infleet.policy.from_api import candidate_pools, choose
+from infleet.policy.loop import Observation, PoolReplicas, PoolView
+from infleet.policy.warm import WarmWorker
+
+DEVICE_OF_FAMILY = {"nvidia-gpu": "cuda", "aws-neuron": "neuron", "google-tpu": "xla", "cpu": "cpu"}
+# What every worker pod asks for besides its devices (host memory for loading weights, a core for the server).
+DEFAULT_WORKER_REQUESTS: Mapping[str, str] = {"cpu": "1", "memory": "2Gi"}
+
+
+def parse_deployment(body: Obj) -> InferenceDeployment:
+    return InferenceDeployment.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+
+
+def parse_pools(items: Sequence[Obj]) -> tuple[dict[str, AcceleratorPool], list[str]]:
+    """Valid pools by name, and a message per invalid one (skipped, never fatal)."""
+    out: dict[str, AcceleratorPool] = {}
+    invalid: list[str] = []
+    for item in items:
+        try:
+            pool = AcceleratorPool.model_validate({k: item[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+        except (ValidationError, KeyError) as exc:
+            invalid.append(f"AcceleratorPool {item.get('metadata', {}).get('name')}: {exc}")
+            continue
+        out[pool.metadata.name or ""] = pool
+    return out, invalid
+
+
+def runtime_for(infd: InferenceDeployment, family: str) -> RuntimeOverride:
+    """The model's per-family runtime override; ``env[].valueFrom`` passes through unchanged."""
+    override = infd.spec.model.runtime_for(family)
+    if override is None:
+        return RuntimeOverride()
+    res = override.resources
+    return RuntimeOverride(
+        image=override.image,
+        args=tuple(override.args),
+        env={e.name: e.value for e in override.env if e.value is not None},
+        env_from={e.name: e.value_from for e in override.env if e.value is None and e.value_from is not None},
+        requests={k: str(v) for k, v in (res.requests if res else {}).items()},
+        limits={k: str(v) for k, v in (res.limits if res else {}).items()},
+    )
+
+
+def pool_runtime(pool: AcceleratorPool, devices_per_replica: int) -> PoolRuntime:
+    spec = pool.spec
+    acc = spec.accelerator
+    units = (acc.cpus_per_device or 1) if acc.family == "cpu" else 1
+    defaults = dict(DEFAULT_WORKER_REQUESTS)
+    if acc.family == "cpu":
+        defaults.pop("cpu")
+    return PoolRuntime(
+        name=pool.metadata.name or "",
+        device=DEVICE_OF_FAMILY[acc.family],  # type: ignore[arg-type]
+        node_selector=dict(spec.node_selector),
+        tolerations=tuple(t.to_dict() for t in spec.tolerations),
+        resource_name=acc.resource_name,
+        devices_per_replica=devices_per_replica,
+        units_per_device=units,
+        default_requests=defaults,
+    )
+
+
+def workload(
+    owner: Owner, infd: InferenceDeployment, pool: AcceleratorPool, devices: int, role: str, n: int
+) -> Workload:
+    """One (deployment, pool, role) group of worker pods, as the manifests render it."""
+    return Workload(
+        owner,
+        pool_runtime(pool, devices),
+        role,  # type: ignore[arg-type]
+        n,
+        infd.spec.model.name,
+        runtime_for(infd, pool.spec.accelerator.family),
+        infd.spec.model.source,
+    )
+
+
+def replica_requests(runtime: PoolRuntime, override: RuntimeOverride) -> dict[str, float]:
+    req = {k: parse_quantity(v) for k, v in runtime.default_requests.items()}
+    if runtime.resource_name:
+        req[runtime.resource_name] = float(runtime.devices_per_replica * runtime.units_per_device)
+    req.update({k: parse_quantity(v) for k, v in override.requests.items()})
+    return req
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measured:
+    """What the metrics say since the last decision (None fields: not measured)."""
+
+    load: LoadObservation | None = None
+    mix: RequestMix | None = None
+
+
+def observe(
+    *,
+    infd: InferenceDeployment,
+    uid: str,
+    view: ClusterView,
+    own_pods: Sequence[Obj],
+    serving_deployments: Mapping[str, int],
+    measured: Measured,
+    now_s: float,
+    waiting_for: str | None = None,
+) -> Observation:
+    """The loop's input for one deployment from the cluster view and the measurements.
+
+    ``serving_deployments`` is each pool's serving Deployment ``spec.replicas``; promoted pods count beside them.
+    """
+    namespace, name = infd.metadata.namespace or "", infd.metadata.name or ""
+    pools, _ = parse_pools(view.pools)
+    chosen, _ = candidate_pools(infd, pools)
+    views = {n: PoolView(pool=p, free_devices=0, room_replicas=0) for n, p in pools.items()}
+    usage = node_usage(view.nodes, view.pods, selector_labels(name), namespace)
+    infleet_use = infleet_devices_by_pool(view, pools)
+    me = f"{namespace}/{name}"
+    for pool in chosen:
+        choice = choose(pool, infd, measured.mix) if measured.mix else choose(pool, infd)
+        runtime = pool_runtime(pool, choice.devices_per_replica)
+        elsewhere = sum(v for k, v in infleet_use.get(runtime.name, {}).items() if k != me)
+        cap = pool_capacity(
+            pool,
+            usage,
+            replica_requests(runtime, runtime_for(infd, pool.spec.accelerator.family)),
+            choice.devices_per_replica,
+            int(elsewhere),
+        )
+        views[runtime.name] = PoolView(pool=pool, free_devices=cap.free_devices, room_replicas=cap.room_replicas)
+    grouped = group_pods(own_pods)
+    promoted = promoted_workers(own_pods, uid)
+    promoted_count: dict[str, int] = {}
+    for w in promoted:
+        promoted_count[w.pool] = promoted_count.get(w.pool, 0) + 1
+    names = set(grouped.serving) | set(grouped.warm) | set(serving_deployments) | set(promoted_count)
+    replicas = {
+        p: PoolReplicas(
+            serving=serving_deployments.get(p, 0) + promoted_count.get(p, 0),
+            pods=grouped.serving.get(p, PoolPods()),
+            warm=grouped.warm.get(p, 0),
+            warm_ready=grouped.warm_ready.get(p, 0),
+        )
+        for p in sorted(names)
+    }
+    return Observation(
+        now_s=now_s,
+        deployment=infd,
+        pools=views,
+        replicas=replicas,
+        warm_ready=warm_workers(own_pods),
+        promoted=promoted,
+        load=measured.load,
+        mix=measured.mix,
+        waiting_for=waiting_for,
+    )
+
+
+def _labels(pod: Obj) -> Mapping[str, Any]:
+    return pod["metadata"].get("labels") or {}
+
+
+def _live(pod: Obj) -> bool:
+    return pod_active(pod) and not pod["metadata"].get("deletionTimestamp")
+
+
+def warm_workers(pods: Sequence[Obj]) -> tuple[WarmWorker, ...]:
+    """Ready warm pods, which a scale-up may promote."""
+    return tuple(
+        WarmWorker(p["metadata"]["name"], _labels(p).get(LABEL_POOL, ""), ready_since_s(p))
+        for p in pods
+        if _labels(p).get(LABEL_ROLE) == "warm" and _live(p) and pod_ready(p)
+    )
+
+
+def promoted_workers(pods: Sequence[Obj], uid: str) -> tuple[WarmWorker, ...]:
+    return tuple(
+        WarmWorker(p["metadata"]["name"], _labels(p).get(LABEL_POOL, ""), ready_since_s(p))
+        for p in pods
+        if _live(p) and is_promoted(p, uid)
+    )
