@@ -3,11 +3,15 @@
 Every object goes through server-side apply under one field manager, so running the same plan twice (or a
 restarted operator re-running a half-applied one) converges instead of duplicating. Worker Deployments of the
 InferenceDeployment that the plan no longer names are deleted, which is also what moves replicas off a pool.
+A Deployment whose rendered spec (hashed into an annotation) and replica count already match is not sent at all,
+so a reconcile that changes nothing writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
 from infleet.controller.kube import Kube, Obj
@@ -49,20 +53,49 @@ def _owned_by(obj: Obj, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
+SPEC_HASH = "infleet.io/spec-hash"
+
+
+def spec_hash(manifest: Obj) -> str:
+    """A digest of everything rendered but the replica count (which is compared on its own)."""
+    body = {k: v for k, v in manifest.items() if k != "spec"}
+    body["spec"] = {k: v for k, v in manifest.get("spec", {}).items() if k != "replicas"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def apply_plan(
-    kube: Kube, owner: Owner, workloads: Iterable[Workload], images: ImageConfig | None = None
+    kube: Kube,
+    owner: Owner,
+    workloads: Iterable[Workload],
+    images: ImageConfig | None = None,
+    *,
+    existing: list[Obj] | None = None,
+    applied_services: MutableMapping[str, str] | None = None,
 ) -> ApplyResult:
+    """``existing``: the owner's worker Deployments as the watch index has them (None: list them from the API).
+    ``applied_services``: Service digests this process applied already (skips re-applying an unchanged one)."""
     result = ApplyResult()
-    current = {d["metadata"]["name"]: d for d in existing_workloads(kube, owner)}
+    found = existing if existing is not None else existing_workloads(kube, owner)
+    current = {d["metadata"]["name"]: d for d in found if _owned_by(d, owner.uid)}
     for name, obj in current.items():
         result.previous[name] = int(obj.get("spec", {}).get("replicas") or 0)
     for w in workloads:
         manifest = render_deployment(w, images)
         name = manifest["metadata"]["name"]
-        kube.apply(deployments_path(owner.namespace, name), manifest)
+        digest = spec_hash(manifest)
+        manifest["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest
+        have = current.get(name)
+        same = have is not None and (have["metadata"].get("annotations") or {}).get(SPEC_HASH) == digest
+        if not (same and result.previous.get(name) == w.replicas):
+            kube.apply(deployments_path(owner.namespace, name), manifest)
         result.applied[name] = w.replicas
     service = render_service(owner)
-    kube.apply(services_path(owner.namespace, service["metadata"]["name"]), service)
+    service_key = f"{owner.namespace}/{service['metadata']['name']}/{owner.uid}"
+    digest = spec_hash(service)
+    if applied_services is None or applied_services.get(service_key) != digest:
+        kube.apply(services_path(owner.namespace, service["metadata"]["name"]), service)
+        if applied_services is not None:
+            applied_services[service_key] = digest
     for name in sorted(set(current) - set(result.applied)):
         if kube.delete(deployments_path(owner.namespace, name)):
             result.deleted.append(name)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
 DEFAULT_PEERING = "infleet"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def register(subparsers: Any) -> None:
@@ -25,18 +28,55 @@ def register(subparsers: Any) -> None:
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
-    p.add_argument("--peering", default=DEFAULT_PEERING, help="kopf peering object shared by the operator's replicas")
-    p.add_argument("--priority", type=int, default=None, help="peering priority; the highest live replica acts")
-    p.add_argument("--standalone", action="store_true", help="no peering: act regardless of other replicas")
+    p.add_argument(
+        "--peering",
+        default=DEFAULT_PEERING,
+        help="name of the coordination.k8s.io Lease that elects the one active replica (others stay warm)",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="namespace of that Lease (default: $POD_NAMESPACE, then the service account's namespace, then default)",
+    )
+    p.add_argument("--standalone", action="store_true", help="no leader election: this replica always acts")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
-    p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL ('' to disable)")
+    p.add_argument(
+        "--bind-address",
+        default="0.0.0.0",
+        help="address the /metrics and liveness endpoints listen on (e.g. 127.0.0.1 outside a pod)",
+    )
+    p.add_argument("--liveness-port", type=int, default=8081, help="liveness endpoint port, path /healthz (0: off)")
+    p.add_argument(
+        "--resync",
+        type=float,
+        default=60.0,
+        help="every other deployment and pool is reconciled at least this often (changes trigger one at once)",
+    )
+    p.add_argument("--workers", type=int, default=4, help="reconciles running at once")
+    add_decision_flags(p)
+    p.add_argument("--log-format", choices=("json", "text"), default="json", help="log format (default json)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.set_defaults(func=run)
+
+    from infleet.controller import plan_cli
+
+    plan_cli.register(subparsers, add_decision_flags)
+
+
+def add_decision_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that change decisions, shared by `infleet run` and `infleet plan` (which must decide alike)."""
     p.add_argument(
         "--fallback-after-seconds",
         type=float,
         default=None,
         help="override every deployment's placement.fallbackAfterSeconds",
     )
-    p.add_argument("--interval", type=float, default=10.0, help="seconds between periodic reconciles of each object")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        help="the autoscaler's period: seconds between measurements and decisions of each Auto deployment",
+    )
     p.add_argument(
         "--no-autoscale",
         action="store_true",
@@ -52,121 +92,104 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--image-repository", default=None, help="worker image repository (suffixed -cuda, -cpu, ...)")
     p.add_argument("--image-tag", default=None, help="worker image tag (default: the operator's version)")
-    p.add_argument("--log-format", choices=("json", "text"), default="json", help="log format (default json)")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import kopf
 
-    from infleet.controller.autoscale import LoadMeter
     from infleet.controller.handlers import Context, register_handlers
     from infleet.controller.kube import Kube
-    from infleet.controller.manifests import ImageConfig
+    from infleet.controller.leader import LeaseElector
     from infleet.controller.metrics import OperatorMetrics
-    from infleet.controller.promotion import AssumeAccepted, HttpWorkerState, WorkerStateClient
-    from infleet.controller.reconcile import Settings
-    from infleet.controller.scrape import HttpMetricsSource
     from infleet.controller.slorules import SloRules
-    from infleet.policy.loop import LoopSettings
 
     kopf.configure(
         verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
     )
     if not args.verbose:
-        # kopf logs every handler and timer success at INFO; our own reconcile line says more, once.
+        # kopf logs every handler success at INFO; our own reconcile line says more, once.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube = Kube.connect(args.kubeconfig)
+    metrics = OperatorMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, addr=args.bind_address)
+    namespaces: list[str] = list(args.namespace)
+    elector = None
+    if not args.standalone:
+        identity = f"{socket.gethostname()}-{os.getpid()}-{random.randint(0, 1 << 30):x}"
+        lease_ns = args.leader_election_namespace or _own_namespace()
+        elector = LeaseElector(kube, lease_ns, args.peering, identity)
+    ctx = Context(
+        kube=kube,
+        settings=settings_from(args),
+        metrics=metrics,
+        interval_s=args.interval,
+        resync_s=args.resync,
+        namespaces=tuple(namespaces),
+        workers=args.workers,
+        slo_rules=SloRules(kube),
+        elector=elector,
+    )
+    registry = kopf.OperatorRegistry()
+    register_handlers(registry, ctx)
+    settings = kopf.OperatorSettings()
+    settings.posting.level = logging.WARNING  # kopf's own per-handler Events would drown ours
+    settings.peering.standalone = True  # the Lease elects the active replica (see infleet.controller.leader)
+    settings.execution.max_workers = 4
+    liveness = f"http://{args.bind_address}:{args.liveness_port}/healthz" if args.liveness_port else None
+    logging.getLogger("infleet.controller").info(
+        "starting infleet operator: %s, %s, metrics %s:%s",
+        ",".join(namespaces) or "all namespaces",
+        "standalone" if elector is None else f"lease {elector.namespace}/{elector.name} as {elector.identity}",
+        args.bind_address,
+        args.metrics_port,
+    )
+    kopf.run(
+        registry=registry,
+        settings=settings,
+        liveness_endpoint=liveness,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+    )
+    return 0
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    """The reconcile settings the flags describe (shared by `infleet run` and `infleet plan`)."""
+    from infleet.controller.autoscale import LoadMeter
+    from infleet.controller.manifests import ImageConfig
+    from infleet.controller.promotion import AssumeAccepted, HttpWorkerState, WorkerStateClient
+    from infleet.controller.reconcile import Settings
+    from infleet.controller.scrape import HttpMetricsSource
+    from infleet.policy.loop import LoopSettings
+
     images = ImageConfig()
     if args.image_repository or args.image_tag:
         images = ImageConfig(args.image_repository or images.repository, args.image_tag or images.tag)
-    fallback = args.fallback_after_seconds
-    metrics = OperatorMetrics()
-    if args.metrics_port:
-        metrics.serve(args.metrics_port)
     meter = None if args.no_autoscale else LoadMeter(HttpMetricsSource())
     promotion: WorkerStateClient | None = None
     if args.promotion_client == "http":
         promotion = HttpWorkerState()
     elif args.promotion_client == "assume-ok":  # simulated clusters only: no worker answers there
         promotion = AssumeAccepted()
-    ctx = Context(
-        kube=kube,
-        settings=Settings(
-            images=images,
-            loop=LoopSettings(
-                period_s=args.interval,
-                fallback_after_s=fallback,
-                autoscale=meter is not None,
-                promote=promotion is not None,
-            ),
-            meter=meter,
-            promotion=promotion,
+    return Settings(
+        images=images,
+        loop=LoopSettings(
+            period_s=args.interval,
+            fallback_after_s=args.fallback_after_seconds,
+            autoscale=meter is not None,
+            promote=promotion is not None,
         ),
-        metrics=metrics,
-        slo_rules=SloRules(kube),
+        meter=meter,
+        promotion=promotion,
     )
-    ctx.interval_s = args.interval
-
-    registry = kopf.OperatorRegistry()
-    register_handlers(registry, ctx)
-    settings = kopf.OperatorSettings()
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="infleet.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="infleet.io", key="last-handled-configuration"
-    )
-    settings.posting.level = logging.WARNING  # kopf's own per-handler Events would drown ours
-    settings.execution.max_workers = 8
-
-    namespaces: list[str] = list(args.namespace)
-    clusterwide = not namespaces
-    priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
-    # Set on the settings, not as kopf.run() arguments: kopf makes peering mandatory whenever a peering name
-    # is passed, which would pause a standalone operator forever.
-    settings.peering.standalone = args.standalone
-    settings.peering.priority = priority
-    if not args.standalone:
-        settings.peering.name = args.peering
-        settings.peering.mandatory = True
-        _ensure_peering(kube, args.peering, namespaces)
-    logging.getLogger("infleet.controller").info(
-        "starting infleet operator: %s, peering %s (priority %d), metrics :%s",
-        "all namespaces" if clusterwide else ",".join(namespaces),
-        "off" if args.standalone else args.peering,
-        priority,
-        args.metrics_port,
-    )
-    kopf.run(
-        registry=registry,
-        settings=settings,
-        liveness_endpoint=args.liveness or None,
-        clusterwide=clusterwide,
-        namespaces=namespaces,
-    )
-    return 0
 
 
-def _ensure_peering(kube: Any, name: str, namespaces: list[str]) -> None:
-    """Create the peering object if missing (the CRDs come from crds/kopf-peering.yaml)."""
-    targets = (
-        [(f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings", "KopfPeering", ns) for ns in namespaces]
-        if namespaces
-        else [("/apis/kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", None)]
-    )
-    from kubernetes.client.exceptions import ApiException
-
-    for path, kind, ns in targets:
-        meta: dict[str, str] = {"name": name}
-        if ns:
-            meta["namespace"] = ns
-        try:
-            kube.create(path, {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta})
-        except ApiException as exc:
-            if exc.status == 404:
-                raise SystemExit(
-                    f"kopf peering CRDs are not installed: kubectl apply -f crds/kopf-peering.yaml "
-                    f"(or run with --standalone): {exc.reason}"
-                ) from exc
-            if exc.status != 409:
-                raise
+def _own_namespace() -> str:
+    env = os.environ.get("POD_NAMESPACE")
+    if env:
+        return env
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"

@@ -7,7 +7,7 @@ the pool's promoted pods; warm Deployments to the plan's warm count; the Service
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,8 @@ def execute(
     pods: Sequence[Obj],
     images: ImageConfig,
     promotion: WorkerStateClient | None,
+    existing: list[Obj] | None = None,
+    applied_services: MutableMapping[str, str] | None = None,
 ) -> Executed:
     if not plan.touch_workloads:
         return Executed(applied=None)
@@ -66,7 +68,7 @@ def execute(
     for pool, n in plan.warm.items():
         api_pool = obs.pools[pool].pool
         workloads.append(workload(owner, infd, api_pool, plan.devices_per_replica[pool], "warm", n))
-    applied = apply_plan(kube, owner, workloads, images)
+    applied = apply_plan(kube, owner, workloads, images, existing=existing, applied_services=applied_services)
     return Executed(applied=applied, promoted=tuple(done), retired=tuple(retired))
 
 

@@ -1,39 +1,49 @@
-"""kopf wiring, deliberately thin: every handler reads the object, calls `reconcile`, writes status and Events.
+"""The operator's wiring: watches feed an index and a reconcile queue; the elected leader's workers reconcile.
 
-Handlers are registered into a fresh registry (no module-level decorators), so the CLI and tests can build an
-operator with their own settings. A per-object lock keeps the timer and the create/update handlers of one
-InferenceDeployment from reconciling it at the same time.
+kopf runs the process (login, start-up and clean-up, liveness) and delivers InferenceDeployment and AcceleratorPool
+events; informers (:mod:`infleet.controller.informer`) watch the Pods and Nodes of the whole cluster (device use is
+cluster-wide, whatever namespaces the operator serves), the worker Deployments and the PersistentVolumeClaims. Every
+event lands in the :class:`~infleet.controller.index.ClusterIndex`, which says which deployments it concerns; those
+keys go to the :class:`~infleet.controller.workqueue.WorkQueue`. A reconcile reads only the index (no LIST per
+pass), writes only what changed, and asks to run again after the autoscaler's period (Auto mode with scraping) or
+a slow resync. Only the holder of the Lease (:mod:`infleet.controller.leader`) reconciles; other replicas keep
+their indexes and queues warm and take over within seconds. No handler puts a finalizer on anything.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from infleet.api import GROUP, VERSION
-from infleet.controller.kube import Kube, is_transient
+from infleet.controller.index import ClusterIndex, Key
+from infleet.controller.informer import Informer
+from infleet.controller.kube import Kube, Obj
+from infleet.controller.leader import LeaseElector
 from infleet.controller.loopstate import LoopStates
+from infleet.controller.manifests import MANAGED_BY, MANAGER
 from infleet.controller.metrics import OperatorMetrics
 from infleet.controller.observe import parse_pools
 from infleet.controller.reconcile import Settings, emit, reconcile
 from infleet.controller.slorules import SloRules
-from infleet.controller.snapshot import ClusterView, infleet_devices_by_pool, node_usage, pool_capacity
+from infleet.controller.snapshot import infleet_devices_by_pool, node_usage, pool_capacity
 from infleet.controller.status import merge_conditions
+from infleet.controller.workqueue import WorkQueue
 from infleet.policy.conditions import Cond
 
 log = logging.getLogger("infleet.controller")
 
 DEPLOYMENTS = "inferencedeployments"
 POOLS = "acceleratorpools"
+# How long a loop state that only grew (new measurements, same decision) may wait before it is written to status.
+STATE_WRITE_EVERY_S = 30.0
 
 
 @dataclass
@@ -41,120 +51,273 @@ class Context:
     kube: Kube
     settings: Settings
     metrics: OperatorMetrics
-    interval_s: float = 10.0
+    interval_s: float = 10.0  # the autoscaler's period: how often an Auto deployment is measured and decided
+    resync_s: float = 60.0  # every other deployment and pool is reconciled at least this often
+    namespaces: tuple[str, ...] = ()  # () : every namespace
+    workers: int = 4
     slo_rules: SloRules | None = None  # None: no PrometheusRules (unit tests); the CLI always sets one
     states: LoopStates = field(default_factory=LoopStates)
-    locks: dict[str, threading.Lock] = field(default_factory=dict)
-    guard: threading.Lock = field(default_factory=threading.Lock)
+    index: ClusterIndex = field(default_factory=ClusterIndex)
+    elector: LeaseElector | None = None  # None: standalone, always active
+    queue: WorkQueue | None = None
+    informers: list[Informer] = field(default_factory=list)
+    applied_services: dict[str, str] = field(default_factory=dict)
+    state_written: dict[str, float] = field(default_factory=dict)  # uid -> monotonic time of the last state write
+    rules_synced: dict[str, int] = field(default_factory=dict)  # uid -> generation of the last PrometheusRule sync
 
-    def lock_for(self, key: str) -> threading.Lock:
-        with self.guard:
-            return self.locks.setdefault(key, threading.Lock())
+    def active(self) -> bool:
+        return self.elector is None or self.elector.is_leader()
+
+    def enqueue(self, keys: set[Key]) -> None:
+        if self.queue is not None:
+            for key in keys:
+                self.queue.add(("infd", *key))
 
 
 def deployment_status_path(namespace: str, name: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{DEPLOYMENTS}/{name}/status"
 
 
-def reconcile_deployment(ctx: Context, body: Mapping[str, Any]) -> None:
-    """One reconcile with metrics; transient API trouble becomes kopf.TemporaryError (retried with backoff)."""
-    meta = body["metadata"]
-    key = f"{meta['namespace']}/{meta['name']}"
+# -- reconciles --------------------------------------------------------------------------------------------------
+
+
+def reconcile_key(ctx: Context, key: Hashable) -> float | None:
+    """One queued key; returns when it should run again (None: only on an event)."""
+    kind, namespace, name = cast(tuple[str, str, str], key)
+    if kind == "pool":
+        reconcile_pool(ctx, name)
+        return ctx.resync_s
+    return reconcile_deployment(ctx, (namespace, name))
+
+
+def reconcile_deployment(ctx: Context, key: Key) -> float | None:
+    """Observe, decide, execute; write status and Events only when something changed."""
     started = time.perf_counter()
     result = "success"
     try:
-        with ctx.lock_for(key):
-            current = ctx.kube.get(
-                f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/{DEPLOYMENTS}/{meta['name']}"
-            )
-            if current is None or current["metadata"].get("deletionTimestamp"):
-                return
-            now = datetime.now(UTC)
-            outcome = reconcile(ctx.kube, current, now, ctx.settings, ctx.metrics, ctx.states)
-            ctx.kube.merge_patch(deployment_status_path(meta["namespace"], meta["name"]), {"status": outcome.status})
-            emit(ctx.kube, current, outcome, now)
-            if ctx.slo_rules is not None:
-                ctx.slo_rules.sync(current)
-            log.info(
-                "reconciled %s: %s",
-                key,
-                ", ".join(f"{c['type']}={c['status']}" for c in outcome.status.get("conditions", [])),
-            )
-    except ApiException as exc:
-        if is_transient(exc) or exc.status in (404, 409):
-            result = "retry"
-            raise kopf.TemporaryError(f"Kubernetes API: {exc.status} {exc.reason}", delay=5) from exc
-        result = "error"
-        raise
-    except Exception as exc:
-        if is_transient(exc):
-            result = "retry"
-            raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc}", delay=5) from exc
+        body = ctx.index.deployment(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            forget_deployment(ctx, key, body)
+            return None
+        now = datetime.now(UTC)
+        outcome = reconcile(
+            ctx.kube, body, now, ctx.settings, ctx.metrics, ctx.states, index=ctx.index,
+            applied_services=ctx.applied_services,
+        )  # fmt: skip
+        write_status(ctx, body, outcome.status)
+        emit(ctx.kube, body, outcome, now)
+        sync_rules(ctx, body)
+        if outcome.events:
+            log.info("reconciled %s/%s: %s", *key, "; ".join(r for _, r, _ in outcome.events))
+        scaling = body.get("spec", {}).get("scaling") or {}
+        auto = ctx.settings.meter is not None and scaling.get("mode", "Auto") == "Auto"
+        return ctx.interval_s if auto else ctx.resync_s
+    except Exception:
         result = "error"
         raise
     finally:
         ctx.metrics.observe_reconcile("InferenceDeployment", result, time.perf_counter() - started)
 
 
-def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> None:
+def write_status(ctx: Context, body: Obj, status: dict[str, Any]) -> None:
+    """Patch the status when it differs; a loop state that only grew waits up to STATE_WRITE_EVERY_S."""
+    meta = body["metadata"]
+    previous = body.get("status") or {}
+    uid = meta["uid"]
+    changed = {k: v for k, v in status.items() if k != "loopState" and previous.get(k) != v}
+    state_due = time.monotonic() - ctx.state_written.get(uid, -1e9) >= STATE_WRITE_EVERY_S
+    state_changed = status.get("loopState") not in (None, previous.get("loopState"))
+    with_state = state_changed and (state_due or bool(changed))
+    if not changed and not with_state:
+        return
+    patch = dict(status) if with_state else {k: v for k, v in status.items() if k != "loopState"}
+    ctx.kube.merge_patch(deployment_status_path(meta["namespace"], meta["name"]), {"status": patch})
+    if with_state:
+        ctx.state_written[uid] = time.monotonic()
+        ctx.states.mark_written(uid, str(status["loopState"]))
+
+
+def sync_rules(ctx: Context, body: Obj) -> None:
+    if ctx.slo_rules is None:
+        return
+    uid, generation = body["metadata"]["uid"], int(body["metadata"].get("generation") or 0)
+    if ctx.rules_synced.get(uid) != generation:
+        ctx.slo_rules.sync(body)
+        ctx.rules_synced[uid] = generation
+
+
+def forget_deployment(ctx: Context, key: Key, body: Obj | None) -> None:
+    """Drop everything kept for a deployment that is gone (owner references remove its workloads)."""
+    namespace, name = key
+    ctx.metrics.forget_deployment(namespace, name)
+    if ctx.settings.meter is not None:
+        ctx.settings.meter.forget(f"{namespace}/{name}")
+    uid = (body or {}).get("metadata", {}).get("uid")
+    if uid:
+        ctx.states.forget(uid)
+        ctx.state_written.pop(uid, None)
+        ctx.rules_synced.pop(uid, None)
+    for service_key in [k for k in ctx.applied_services if k.startswith(f"{namespace}/{name}/")]:
+        ctx.applied_services.pop(service_key, None)
+
+
+def reconcile_pool(ctx: Context, name: str) -> None:
     """Pool status: nodes, devices, and whether any deployment found it saturated."""
     started = time.perf_counter()
     result = "success"
     try:
-        name = body["metadata"]["name"]
-        pools, _ = parse_pools([dict(body)])
+        view = ctx.index.view()
+        body = next((p for p in view.pools if p["metadata"]["name"] == name), None)
+        if body is None:
+            ctx.metrics.forget_pool(name)
+            return
+        pools, invalid = parse_pools([body])
         if name not in pools:
             result = "permanent_error"
-            raise kopf.PermanentError(f"AcceleratorPool {name} is invalid")
+            log.warning("AcceleratorPool %s is invalid: %s", name, "; ".join(invalid))
+            return
         pool = pools[name]
-        nodes = ctx.kube.list("/api/v1/nodes")
-        pods = ctx.kube.list("/api/v1/pods", field_selector="status.phase!=Succeeded,status.phase!=Failed")
-        cap = pool_capacity(pool, node_usage(nodes, pods, {}, ""), {}, 1)
-        used = infleet_devices_by_pool(ClusterView(pools=[], nodes=nodes, pods=pods), pools).get(name, {})
-        infds = ctx.kube.list(f"/apis/{GROUP}/{VERSION}/{DEPLOYMENTS}")
+        usage = node_usage(view.nodes, view.pods, {}, "", totals=view.node_requests, counts=view.node_pod_counts)
+        cap = pool_capacity(pool, usage, {}, 1)
+        used = infleet_devices_by_pool(view, pools).get(name, {})
         by = sorted(
             f"{d['metadata']['namespace']}/{d['metadata']['name']}"
-            for d in infds
+            for k in ctx.index.deployment_keys()
+            if (d := ctx.index.deployment(k)) is not None
             for p in (d.get("status") or {}).get("pools") or []
             if p.get("pool") == name and p.get("saturated")
         )
-        now = datetime.now(UTC)
-        conds = [
-            Cond(
-                "Ready",
-                "True" if cap.nodes else "False",
-                "NodesFound" if cap.nodes else "NoNodes",
-                f"{cap.nodes} ready node(s) match the nodeSelector"
-                if cap.nodes
-                else "no ready node matches the nodeSelector",
-            ),
-            Cond(
-                "Saturated",
-                "True" if by else "False",
-                "ReplicasUnschedulable" if by else "HasCapacity",
-                f"replicas stayed unschedulable here; fallback active for {', '.join(by)}"
-                if by
-                else "no fallback active",
-            ),
-        ]
-        prev = (body.get("status") or {}).get("conditions") or []
-        status = {
-            "observedGeneration": body["metadata"].get("generation"),
-            "nodes": cap.nodes,
-            "allocatableDevices": cap.allocatable_devices,
-            "allocatedDevices": round(sum(used.values())),
-            "saturated": bool(by),
-            "conditions": merge_conditions(prev, conds, now, body["metadata"].get("generation")),
-        }
-        ctx.kube.merge_patch(f"/apis/{GROUP}/{VERSION}/{POOLS}/{name}/status", {"status": status})
+        status = pool_status(body, cap.nodes, cap.allocatable_devices, round(sum(used.values())), by)
+        if any((body.get("status") or {}).get(k) != v for k, v in status.items()):
+            ctx.kube.merge_patch(f"/apis/{GROUP}/{VERSION}/{POOLS}/{name}/status", {"status": status})
         ctx.metrics.pool_saturated.labels(pool=name).set(1 if by else 0)
         spec = pool.spec
         ctx.metrics.set_pool_info(name, spec.accelerator.family, spec.accelerator.product, spec.capacity_type)
-    except ApiException as exc:
-        result = "retry" if is_transient(exc) else "error"
-        raise kopf.TemporaryError(f"Kubernetes API: {exc.status} {exc.reason}", delay=5) from exc
+    except Exception:
+        result = "error"
+        raise
     finally:
         ctx.metrics.observe_reconcile("AcceleratorPool", result, time.perf_counter() - started)
+
+
+def pool_status(body: Obj, nodes: int, allocatable: int, allocated: int, saturated_for: list[str]) -> dict[str, Any]:
+    conds = [
+        Cond("Ready", "True" if nodes else "False", "NodesFound" if nodes else "NoNodes",
+             f"{nodes} ready node(s) match the nodeSelector" if nodes else "no ready node matches the nodeSelector"),
+        Cond("Saturated", "True" if saturated_for else "False",
+             "ReplicasUnschedulable" if saturated_for else "HasCapacity",
+             f"replicas stayed unschedulable here; fallback active for {', '.join(saturated_for)}"
+             if saturated_for else "no fallback active"),
+    ]  # fmt: skip
+    prev = (body.get("status") or {}).get("conditions") or []
+    generation = body["metadata"].get("generation")
+    return {
+        "observedGeneration": generation,
+        "nodes": nodes,
+        "allocatableDevices": allocatable,
+        "allocatedDevices": allocated,
+        "saturated": bool(saturated_for),
+        "conditions": merge_conditions(prev, conds, datetime.now(UTC), generation),
+    }
+
+
+# -- watches -----------------------------------------------------------------------------------------------------
+
+
+def on_event(ctx: Context, kind: str, event_type: str | None, body: Obj) -> None:
+    """Fold a watch event into the index and queue what it concerns."""
+    keys = ctx.index.apply(kind, event_type, body)
+    ctx.enqueue(keys)
+    if kind == "AcceleratorPool" and ctx.queue is not None:
+        ctx.queue.add(("pool", "", (body.get("metadata") or {}).get("name") or ""))
+    if kind == "InferenceDeployment" and event_type == "DELETED":
+        forget_deployment(ctx, (body["metadata"].get("namespace") or "", body["metadata"]["name"]), body)
+
+
+def informers_for(ctx: Context) -> list[Informer]:
+    """Pods and Nodes cluster-wide; worker Deployments and claims in the served namespaces."""
+
+    def handler(kind: str, event_type: str | None, body: Obj) -> None:
+        on_event(ctx, kind, event_type, body)
+
+    managed = {"labelSelector": f"{MANAGED_BY}={MANAGER}"}
+    out = [
+        Informer(ctx.kube, "Pod", "/api/v1/pods", handler,
+                 query={"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"}),
+        Informer(ctx.kube, "Node", "/api/v1/nodes", handler),
+    ]  # fmt: skip
+    scopes = [f"/namespaces/{ns}" for ns in ctx.namespaces] or [""]
+    for scope in scopes:
+        out.append(Informer(ctx.kube, "Deployment", f"/apis/apps/v1{scope}/deployments", handler, query=managed))
+        out.append(Informer(ctx.kube, "PersistentVolumeClaim", f"/api/v1{scope}/persistentvolumeclaims", handler))
+    return out
+
+
+def start(ctx: Context) -> None:
+    """Start the informers, wait for their first listing, then the reconcile workers and the resync."""
+    ctx.queue = WorkQueue(lambda key: reconcile_key(ctx, key), workers=ctx.workers, is_active=ctx.active)
+    ctx.informers = informers_for(ctx)
+    for informer in ctx.informers:
+        informer.start()
+    for informer in ctx.informers:
+        informer.synced.wait(60)
+    if ctx.elector is not None:
+
+        def on_change(leading: bool) -> None:
+            if leading:
+                resync(ctx)
+
+        ctx.elector.on_change = on_change
+        ctx.elector.start()
+    ctx.queue.start()
+    resync(ctx)
+
+
+def resync(ctx: Context) -> None:
+    """Queue every known deployment and pool (start-up, taking over leadership)."""
+    ctx.enqueue(set(ctx.index.deployment_keys()))
+    if ctx.queue is not None:
+        for pool in list(ctx.index.pools):
+            ctx.queue.add(("pool", "", pool))
+
+
+def stop(ctx: Context, timeout_s: float = 10.0) -> None:
+    """Graceful stop: release the Lease first (a peer takes over at once), then let in-flight reconciles end."""
+    if ctx.elector is not None:
+        ctx.elector.release()
+    for informer in ctx.informers:
+        informer.stop.set()
+    if ctx.queue is not None:
+        ctx.queue.stop(timeout_s)
+
+
+def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
+    def deployment_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        on_event(ctx, "InferenceDeployment", event.get("type"), dict(body))
+
+    def pool_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        on_event(ctx, "AcceleratorPool", event.get("type"), dict(body))
+
+    def startup(**_: Any) -> None:
+        threading.Thread(target=start, args=(ctx,), name="operator-start", daemon=True).start()
+
+    def cleanup(**_: Any) -> None:
+        stop(ctx)
+
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        # kopf talks to the API with the same credentials as the operator's client (loaded once in the CLI
+        # from --kubeconfig, the service account, or $KUBECONFIG), so both always agree on the cluster.
+        return connection_info(ctx.kube, settings)
+
+    def probe(**_: Any) -> dict[str, Any]:
+        return {"leader": ctx.active(), "queue": ctx.queue.depth() if ctx.queue else 0, **ctx.index.sizes()}
+
+    kopf.on.login(registry=registry, id="login")(login)
+    kopf.on.startup(registry=registry, id="start")(startup)
+    kopf.on.cleanup(registry=registry, id="stop")(cleanup)
+    kopf.on.probe(registry=registry, id="index")(probe)
+    kopf.on.event(GROUP, VERSION, DEPLOYMENTS, registry=registry, id="deployments")(deployment_event)
+    kopf.on.event(GROUP, VERSION, POOLS, registry=registry, id="pools")(pool_event)
 
 
 def connection_info(kube: Kube, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
@@ -174,57 +337,3 @@ def connection_info(kube: Kube, settings: kopf.OperatorSettings) -> kopf.Connect
         private_key_path=config.key_file,
         trust_env=settings.networking.trust_env,
     )
-
-
-def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
-    resource = (GROUP, VERSION, DEPLOYMENTS)
-
-    def on_change(body: kopf.Body, **_: Any) -> None:
-        reconcile_deployment(ctx, body)
-
-    def on_delete(body: kopf.Body, **_: Any) -> None:
-        # Owner references make the garbage collector remove the workloads; only our own series go here.
-        ctx.metrics.forget_deployment(body["metadata"]["namespace"], body["metadata"]["name"])
-        if ctx.settings.meter is not None:
-            ctx.settings.meter.forget(f"{body['metadata']['namespace']}/{body['metadata']['name']}")
-        ctx.states.forget(body["metadata"]["uid"])
-
-    def on_pool(body: kopf.Body, **_: Any) -> None:
-        reconcile_pool(ctx, body)
-
-    def on_pool_delete(body: kopf.Body, **_: Any) -> None:
-        ctx.metrics.forget_pool(body["metadata"]["name"])
-
-    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-        # kopf talks to the API with the same credentials as the operator's client (loaded once in the CLI
-        # from --kubeconfig, the service account, or $KUBECONFIG), so both always agree on the cluster.
-        return connection_info(ctx.kube, settings)
-
-    kopf.on.login(registry=registry, id="login")(login)
-    kopf.on.create(*resource, registry=registry, id="place")(on_change)
-    kopf.on.update(*resource, registry=registry, id="replace", field="spec")(on_change)
-    kopf.timer(*resource, registry=registry, id="converge", interval=ctx.interval_s, initial_delay=0.5)(on_change)
-    kopf.on.delete(*resource, registry=registry, id="forget", optional=True)(on_delete)
-    kopf.on.delete(GROUP, VERSION, POOLS, registry=registry, id="forget-pool", optional=True)(on_pool_delete)
-    kopf.timer(GROUP, VERSION, POOLS, registry=registry, id="observe", interval=max(ctx.interval_s, 5.0))(on_pool)
-    _timers_without_finalizers(registry)
-
-
-def _timers_without_finalizers(registry: kopf.OperatorRegistry) -> None:
-    """Drop the finalizer kopf puts on every object that has a timer.
-
-    kopf adds it so a timer can stop gracefully before its object goes; but with the operator stopped (uninstalled,
-    scaled to zero, a test that ended) it makes every InferenceDeployment and AcceleratorPool undeletable, and
-    their namespaces hang in Terminating. Our timers need no goodbye: a reconcile is idempotent and owner
-    references do the cleanup. kopf has no public switch for this, so the registered timer handlers are rewritten;
-    if kopf's internals ever change shape, the finalizers simply stay (with a warning).
-    """
-    spawning = getattr(registry, "_spawning", None)
-    handlers = getattr(spawning, "_handlers", None)
-    if not isinstance(handlers, list) or not all(dataclasses.is_dataclass(h) for h in handlers):
-        log.warning("kopf internals changed: timers keep their finalizers")
-        return
-    handlers[:] = [
-        dataclasses.replace(h, requires_finalizer=False) if getattr(h, "requires_finalizer", None) else h
-        for h in handlers
-    ]

@@ -8,7 +8,7 @@ wraps the generic request path instead of the generated typed models. Transient 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -123,3 +123,30 @@ class Kube:
                 return False
             raise
         return True
+
+    def watch(self, path: str, *, query: Mapping[str, str], timeout_s: float) -> Iterator[Obj]:
+        """Watch events (``{"type": ..., "object": ...}``) of a list path, streamed line by line.
+
+        No retries here: the informer that calls it relists and resumes (a watch is long-lived by design).
+        """
+        method_, url, hdrs, data, _ = self.api.param_serialize(
+            "GET",
+            path,
+            query_params=[*query.items(), ("watch", "true"), ("timeoutSeconds", str(int(timeout_s)))],
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        resp = self.api.call_api(method_, url, hdrs, data, _request_timeout=(5.0, timeout_s + 10.0))
+        raw = resp.response
+        try:
+            if not 200 <= resp.status < 300:
+                raise ApiException(status=resp.status, reason=resp.reason)
+            pending = b""
+            for chunk in raw.stream(64 * 1024, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield cast(Obj, json.loads(line))
+        finally:
+            raw.release_conn()

@@ -115,17 +115,23 @@ def state_from_json(text: str | None) -> LoopState:
 class LoopStates:
     """Thread-safe per-deployment loop state (kopf runs handlers on several threads)."""
 
-    states: dict[str, tuple[str, LoopState]] = field(default_factory=dict)  # uid -> (JSON written, state)
+    states: dict[str, tuple[str, LoopState]] = field(default_factory=dict)  # uid -> (its JSON, state)
+    written: dict[str, str] = field(default_factory=dict)  # uid -> the JSON last written to the status
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def load(self, uid: str, status: Mapping[str, Any]) -> LoopState:
-        """Our own last state while the status still shows what we wrote; else what the status holds (a peer's)."""
+        """Our own last state while the status shows what we wrote (or nothing); else the status's (a peer's)."""
         text = status.get("loopState")
         with self.lock:
             cached = self.states.get(uid)
-        if cached is not None and (text is None or text == cached[0]):
+            ours = text is None or (cached is not None and text == cached[0]) or text == self.written.get(uid)
+        if cached is not None and ours:
             return cached[1]
         return state_from_json(text)
+
+    def mark_written(self, uid: str, text: str) -> None:
+        with self.lock:
+            self.written[uid] = text
 
     def store(self, uid: str, state: LoopState) -> str:
         """Remember ``state`` and return its JSON for the status."""
@@ -137,6 +143,7 @@ class LoopStates:
     def forget(self, uid: str) -> None:
         with self.lock:
             self.states.pop(uid, None)
+            self.written.pop(uid, None)
 
     def __len__(self) -> int:
         with self.lock:

@@ -34,6 +34,7 @@ from infleet.controller.snapshot import (
     pod_active,
     pod_ready,
     pool_capacity,
+    selects,
 )
 from infleet.policy.autoscaler import LoadObservation
 from infleet.policy.capacity import RequestMix
@@ -150,7 +151,11 @@ def observe(
     pools, _ = parse_pools(view.pools)
     chosen, _ = candidate_pools(infd, pools)
     views = {n: PoolView(pool=p, free_devices=0, room_replicas=0) for n, p in pools.items()}
-    usage = node_usage(view.nodes, view.pods, selector_labels(name), namespace)
+    selectors = [p.spec.node_selector for p in chosen]
+    nodes = [n for n in view.nodes if any(selects(sel, n["metadata"].get("labels") or {}) for sel in selectors)]
+    usage = node_usage(
+        nodes, view.pods, selector_labels(name), namespace, totals=view.node_requests, counts=view.node_pod_counts
+    )
     infleet_use = infleet_devices_by_pool(view, pools)
     me = f"{namespace}/{name}"
     for pool in chosen:

@@ -10,6 +10,7 @@ kopf would retry forever.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,13 +21,14 @@ from infleet.api import InferenceDeployment
 from infleet.controller.apply import existing_workloads
 from infleet.controller.autoscale import LoadMeter
 from infleet.controller.execute import execute, status_of
+from infleet.controller.index import ClusterIndex
 from infleet.controller.kube import Kube, Obj
 from infleet.controller.loopstate import LoopStates
 from infleet.controller.manifests import ImageConfig, Owner, model_location
 from infleet.controller.metrics import OperatorMetrics
 from infleet.controller.observe import Measured, observe, parse_deployment
 from infleet.controller.promotion import WorkerStateClient
-from infleet.controller.snapshot import ClusterView, own_pods, pod_ready, read_cluster
+from infleet.controller.snapshot import own_pods, pod_ready, read_cluster
 from infleet.controller.status import merge_conditions, newly_false, post_event
 from infleet.policy.conditions import Cond
 from infleet.policy.loop import LoopSettings, Observation, Plan, decide
@@ -54,11 +56,12 @@ class Result:
 
 @dataclass(frozen=True, kw_only=True)
 class Observed:
-    """An observation with the objects it came from (execute needs the pods, the status the previous state)."""
+    """An observation with the objects it came from (execute needs the pods and the worker Deployments)."""
 
     obs: Observation
     owner: Owner
     pods: list[Obj]
+    workloads: list[Obj] | None  # None: not indexed (execute lists them)
 
 
 def owner_of(body: Obj) -> Owner:
@@ -72,13 +75,29 @@ def observe_deployment(
     infd: InferenceDeployment,
     now: datetime,
     settings: Settings,
-    view: ClusterView | None = None,
+    index: ClusterIndex | None = None,
 ) -> Observed:
-    """Read what one decision needs: the cluster view, the deployment's pods and Deployments, its load."""
+    """Read what one decision needs: the cluster view, the deployment's pods and Deployments, its load.
+
+    From the watch index when there is one (no API read at all), else with LISTs (``infleet plan``, one-shot use).
+    """
     owner = owner_of(body)
-    view = view if view is not None else read_cluster(kube)
-    mine = own_pods(view, owner.namespace, owner.name)
-    serving_deployments = current_serving(kube, owner)
+    key = (owner.namespace, owner.name)
+    if index is not None:
+        view = index.view()
+        mine = index.pods_of(key)
+        workloads: list[Obj] | None = [w for w in index.workloads_of(key) if owned_by(w, owner.uid)]
+        serving_deployments = serving_replicas_of(workloads or [])
+        claim = claim_name(infd)
+        waiting = None if claim is None or index.has_claim(owner.namespace, claim) else missing_claim_message(
+            infd, owner.namespace, claim
+        )
+    else:
+        view = read_cluster(kube)
+        mine = own_pods(view, owner.namespace, owner.name)
+        workloads = None
+        serving_deployments = serving_replicas_of(existing_workloads(kube, owner))
+        waiting = missing_claim(kube, infd, owner.namespace)
     measured = Measured()
     if settings.meter is not None and settings.loop.autoscale:
         ready_serving = [
@@ -93,9 +112,9 @@ def observe_deployment(
         serving_deployments=serving_deployments,
         measured=measured,
         now_s=now.timestamp(),
-        waiting_for=missing_claim(kube, infd, owner.namespace),
+        waiting_for=waiting,
     )
-    return Observed(obs=obs, owner=owner, pods=mine)
+    return Observed(obs=obs, owner=owner, pods=mine, workloads=workloads)
 
 
 def reconcile(
@@ -105,7 +124,8 @@ def reconcile(
     settings: Settings,
     metrics: OperatorMetrics,
     states: LoopStates,
-    view: ClusterView | None = None,
+    index: ClusterIndex | None = None,
+    applied_services: MutableMapping[str, str] | None = None,
 ) -> Result:
     meta = body["metadata"]
     previous = body.get("status") or {}
@@ -113,7 +133,7 @@ def reconcile(
         infd = parse_deployment(body)
     except ValidationError as exc:
         return invalid_spec(previous, exc, now, meta.get("generation"))
-    seen = observe_deployment(kube, body, infd, now, settings, view)
+    seen = observe_deployment(kube, body, infd, now, settings, index)
     plan, next_state = decide(seen.obs, states.load(meta["uid"], previous), settings.loop)
     done = execute(
         kube,
@@ -123,6 +143,8 @@ def reconcile(
         pods=seen.pods,
         images=settings.images,
         promotion=settings.promotion,
+        existing=seen.workloads,
+        applied_services=applied_services,
     )
     if done.applied is not None and done.applied.deleted:
         log.info("removed workloads %s of %s/%s", done.applied.deleted, seen.owner.namespace, seen.owner.name)
@@ -210,29 +232,41 @@ def _stamp(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def missing_claim(kube: Kube, infd: InferenceDeployment, namespace: str) -> str | None:
-    """Why placement waits for the model's PersistentVolumeClaim, or None when it exists (or none is needed).
+def claim_name(infd: InferenceDeployment) -> str | None:
+    return model_location(infd.spec.model.source, infd.spec.model.name).claim
 
-    Pods mounting a missing claim would stay Pending on every pool (and look like saturation), so placement waits
-    for it, touching nothing that already runs.
-    """
-    claim = model_location(infd.spec.model.source, infd.spec.model.name).claim
-    if claim is None or kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}") is not None:
-        return None
+
+def missing_claim_message(infd: InferenceDeployment, namespace: str, claim: str) -> str:
     return (
         f"spec.model.source {infd.spec.model.source} names PersistentVolumeClaim {claim!r}, which does not "
         f"exist in namespace {namespace}; create it (with the model's weights) and placement continues"
     )
 
 
-def current_serving(kube: Kube, owner: Owner) -> dict[str, int]:
+def missing_claim(kube: Kube, infd: InferenceDeployment, namespace: str) -> str | None:
+    """Why placement waits for the model's PersistentVolumeClaim, or None when it exists (or none is needed).
+
+    Pods mounting a missing claim would stay Pending on every pool (and look like saturation), so placement waits
+    for it, touching nothing that already runs.
+    """
+    claim = claim_name(infd)
+    if claim is None or kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}") is not None:
+        return None
+    return missing_claim_message(infd, namespace, claim)
+
+
+def serving_replicas_of(workloads: list[Obj]) -> dict[str, int]:
     """Each pool's serving Deployment ``spec.replicas`` (promoted pods are counted separately)."""
     out: dict[str, int] = {}
-    for d in existing_workloads(kube, owner):
+    for d in workloads:
         labels = d["metadata"].get("labels") or {}
         if labels.get("infleet.io/role") == "serving":
             out[labels["infleet.io/pool"]] = int(d.get("spec", {}).get("replicas") or 0)
     return out
+
+
+def owned_by(obj: Obj, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
 def emit(kube: Kube, body: Obj, result: Result, now: datetime) -> None:

@@ -95,10 +95,22 @@ class NodeUse:
 
 
 def node_usage(
-    nodes: Iterable[Obj], pods: Iterable[Obj], own_labels: Mapping[str, str], own_namespace: str
+    nodes: Iterable[Obj],
+    pods: Iterable[Obj],
+    own_labels: Mapping[str, str],
+    own_namespace: str,
+    *,
+    totals: Mapping[str, Mapping[str, float]] | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> list[NodeUse]:
     """Usable nodes with their requested resources; ``own_labels`` in ``own_namespace`` select the deployment's own
-    pods (their devices count as free to it)."""
+    pods (their devices count as free to it).
+
+    With ``totals``/``counts`` (every bound pod's requests and count per node, kept by the watch index), ``pods``
+    need only hold the deployment's own pods: the others' use is the total less its own.
+    """
+    if totals is not None:
+        return _usage_from_totals(nodes, pods, own_labels, own_namespace, totals, counts or {})
     others: dict[str, dict[str, float]] = {}
     own: dict[str, dict[str, float]] = {}
     n_others: dict[str, int] = {}
@@ -120,12 +132,11 @@ def node_usage(
         if not node_usable(node):
             continue
         name = node["metadata"]["name"]
-        alloc = {k: parse_quantity(v) for k, v in (node.get("status", {}).get("allocatable") or {}).items()}
         out.append(
             NodeUse(
                 name=name,
                 labels=node["metadata"].get("labels") or {},
-                allocatable=alloc,
+                allocatable=allocatable(node),
                 requested_by_others=others.get(name, {}),
                 requested_by_own=own.get(name, {}),
                 pods_by_others=n_others.get(name, 0),
@@ -133,6 +144,57 @@ def node_usage(
             )
         )
     return out
+
+
+def _usage_from_totals(
+    nodes: Iterable[Obj],
+    pods: Iterable[Obj],
+    own_labels: Mapping[str, str],
+    own_namespace: str,
+    totals: Mapping[str, Mapping[str, float]],
+    counts: Mapping[str, int],
+) -> list[NodeUse]:
+    own: dict[str, dict[str, float]] = {}
+    n_own: dict[str, int] = {}
+    for pod in pods:
+        node = pod.get("spec", {}).get("nodeName")
+        mine = pod["metadata"].get("namespace") == own_namespace and selects(
+            own_labels, pod["metadata"].get("labels") or {}
+        )
+        if not node or not pod_active(pod) or not mine:
+            continue
+        n_own[node] = n_own.get(node, 0) + 1
+        bucket = own.setdefault(node, {})
+        for name, qty in pod_requests(pod).items():
+            bucket[name] = bucket.get(name, 0.0) + qty
+    out = []
+    for node in nodes:
+        if not node_usable(node):
+            continue
+        name = node["metadata"]["name"]
+        mine = own.get(name, {})
+        every = totals.get(name, {})
+        out.append(
+            NodeUse(
+                name=name,
+                labels=node["metadata"].get("labels") or {},
+                allocatable=allocatable(node),
+                requested_by_others={k: max(0.0, v - mine.get(k, 0.0)) for k, v in every.items()},
+                requested_by_own=mine,
+                pods_by_others=max(0, counts.get(name, 0) - n_own.get(name, 0)),
+                pods_by_own=n_own.get(name, 0),
+            )
+        )
+    return out
+
+
+def allocatable(node: Obj) -> Mapping[str, float]:
+    """A node's allocatable resources as numbers (parsed once per node object and kept on it)."""
+    cached = node.get("_allocatable")
+    if cached is None:
+        cached = {k: parse_quantity(v) for k, v in (node.get("status", {}).get("allocatable") or {}).items()}
+        node["_allocatable"] = cached
+    return cached
 
 
 @dataclass(frozen=True)
@@ -258,7 +320,9 @@ def group_pods(pods: Iterable[Obj]) -> DeploymentPods:
 class ClusterView:
     pools: list[Obj]
     nodes: list[Obj]
-    pods: list[Obj]  # every pod in the cluster (device use is cluster-wide)
+    pods: list[Obj]  # every pod in the cluster, or only infleet's when the per-node totals below are given
+    node_requests: Mapping[str, Mapping[str, float]] | None = None  # every bound active pod's requests per node
+    node_pod_counts: Mapping[str, int] | None = None
 
 
 POOLS_PATH = "/apis/infleet.io/v1alpha1/acceleratorpools"

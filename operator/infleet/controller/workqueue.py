@@ -1,0 +1,143 @@
+"""A reconcile queue: keys in, one worker per key at a time, de-duplicated, delayed requeues, bounded back-off.
+
+Watch events add keys; a reconcile returns when it wants to run again (the autoscaler's period, a slow resync), so
+work follows changes instead of a fixed timer on every object. A key added while it is being reconciled runs once
+more right after. Failures back off per key (``base_backoff_s`` doubling up to ``max_backoff_s``, short on purpose
+so reconciles resume soon after an API-server outage) and are logged at most once per ``log_every_s`` in all.
+Only a leader processes keys (``is_active``); a follower keeps its queue so a handover starts warm.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("infleet.controller")
+
+Worker = Callable[[Hashable], float | None]  # returns seconds until the key should run again (None: only on events)
+
+
+@dataclass
+class WorkQueue:
+    worker: Worker
+    workers: int = 4
+    is_active: Callable[[], bool] = lambda: True
+    base_backoff_s: float = 0.5
+    max_backoff_s: float = 2.0
+    log_every_s: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    _due: list[tuple[float, int, Hashable]] = field(default_factory=list)
+    _ready: dict[Hashable, None] = field(default_factory=dict)  # insertion-ordered set
+    _processing: set[Hashable] = field(default_factory=set)
+    _again: set[Hashable] = field(default_factory=set)
+    _failures: dict[Hashable, int] = field(default_factory=dict)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _stopping: bool = False
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _last_log: float = -1e9
+    _suppressed: int = 0
+
+    def add(self, key: Hashable) -> None:
+        with self._cond:
+            if key in self._processing:
+                self._again.add(key)
+            else:
+                self._ready[key] = None
+            self._cond.notify()
+
+    def add_after(self, key: Hashable, delay_s: float) -> None:
+        if delay_s <= 0:
+            self.add(key)
+            return
+        with self._cond:
+            heapq.heappush(self._due, (self.clock() + delay_s, next(self._seq), key))
+            self._cond.notify()
+
+    def forget(self, key: Hashable) -> None:
+        """Drop a key's back-off memory (its object is gone)."""
+        with self._cond:
+            self._failures.pop(key, None)
+            self._ready.pop(key, None)
+
+    def start(self) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._loop, name=f"reconcile-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish in-flight reconciles (up to ``timeout_s`` in all), start no new one."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._ready) + len(self._due)
+
+    def _next(self) -> Hashable | None:
+        with self._cond:
+            while not self._stopping:
+                now = self.clock()
+                while self._due and self._due[0][0] <= now:
+                    _, _, key = heapq.heappop(self._due)
+                    if key in self._processing:
+                        self._again.add(key)
+                    else:
+                        self._ready[key] = None
+                if self.is_active():
+                    for key in self._ready:
+                        if key not in self._processing:
+                            del self._ready[key]
+                            self._processing.add(key)
+                            return key
+                wait = 0.5 if not self._due else min(0.5, max(0.0, self._due[0][0] - now))
+                self._cond.wait(wait)
+            return None
+
+    def _loop(self) -> None:
+        while True:
+            key = self._next()
+            if key is None:
+                return
+            again: float | None = None
+            failed = False
+            try:
+                again = self.worker(key)
+            except Exception as exc:
+                failed = True
+                self._log_failure(key, exc)
+            with self._cond:
+                self._processing.discard(key)
+                if failed:
+                    n = self._failures.get(key, 0) + 1
+                    self._failures[key] = n
+                    delay = min(self.max_backoff_s, self.base_backoff_s * 2 ** (n - 1))
+                    heapq.heappush(self._due, (self.clock() + delay, next(self._seq), key))
+                else:
+                    self._failures.pop(key, None)
+                    if again is not None:
+                        heapq.heappush(self._due, (self.clock() + again, next(self._seq), key))
+                if key in self._again:
+                    self._again.discard(key)
+                    self._ready[key] = None
+                self._cond.notify_all()
+
+    def _log_failure(self, key: Hashable, exc: Exception) -> None:
+        now = time.monotonic()
+        with self._cond:
+            if now - self._last_log < self.log_every_s:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last_log = self._suppressed, 0, now
+        more = f" ({suppressed} more failure(s) since the last report)" if suppressed else ""
+        log.warning("reconcile of %s failed, retrying within %gs: %s%s", key, self.max_backoff_s, exc, more)
