@@ -21,7 +21,6 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[3]
 CRDS = [ROOT / "crds/infleet.io_inferencedeployments.yaml", ROOT / "crds/infleet.io_acceleratorpools.yaml"]
-PEERING_CRDS = ROOT / "crds/kopf-peering.yaml"
 EXAMPLES = ["chat-llm", "batch-embedder", "small-cpu-model"]
 T = TypeVar("T")
 
@@ -50,7 +49,7 @@ def condition(obj: Any, type_: str) -> dict[str, Any]:
 
 
 def install(cluster: Any) -> None:
-    args = ["apply", "--server-side", "--force-conflicts", "-f", str(PEERING_CRDS)]
+    args = ["apply", "--server-side", "--force-conflicts"]
     for path in CRDS:
         args += ["-f", str(path)]
     cluster.kubectl(*args)
@@ -60,8 +59,6 @@ def install(cluster: Any) -> None:
         "--timeout=60s",
         "crd/inferencedeployments.infleet.io",
         "crd/acceleratorpools.infleet.io",
-        "crd/clusterkopfpeerings.kopf.dev",
-        "crd/kopfpeerings.kopf.dev",
     )
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "examples/pools.yaml"))
 

@@ -108,7 +108,11 @@ def test_rbac_has_no_wildcards_and_no_secrets(render: Render) -> None:
             assert "*" not in rule[key], rule
         assert "secrets" not in rule["resources"] and "configmaps" not in rule["resources"]
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
-    assert not by_kind(render(), "Role")
+    # The one namespaced Role: leader election on a Lease in the release's namespace.
+    (lease_role,) = by_kind(render(), "Role")
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]}
+    ]
 
 
 def test_rbac_options(render: Render) -> None:
@@ -118,7 +122,7 @@ def test_rbac_options(render: Render) -> None:
     assert "monitoring.coreos.com" in groups(render())
     minimal = render("minimal-values.yaml")
     assert "monitoring.coreos.com" not in groups(minimal)
-    assert "kopf.dev" not in groups(minimal), "a standalone operator does not peer"
+    assert not by_kind(minimal, "Role"), "a standalone operator elects no leader"
     assert not by_kind(minimal, "ServiceAccount")
     assert not by_kind(render(sets=("rbac.create=false",)), "ClusterRole")
 
