@@ -27,6 +27,7 @@ from infleet.controller.index import ClusterIndex, Key
 from infleet.controller.informer import Informer
 from infleet.controller.kube import Kube, Obj
 from infleet.controller.leader import LeaseElector
+from infleet.controller.ledger import CapacityLedger
 from infleet.controller.loopstate import LoopStates
 from infleet.controller.manifests import MANAGED_BY, MANAGER
 from infleet.controller.metrics import OperatorMetrics
@@ -58,6 +59,7 @@ class Context:
     slo_rules: SloRules | None = None  # None: no PrometheusRules (unit tests); the CLI always sets one
     states: LoopStates = field(default_factory=LoopStates)
     index: ClusterIndex = field(default_factory=ClusterIndex)
+    ledger: CapacityLedger = field(default_factory=CapacityLedger)
     elector: LeaseElector | None = None  # None: standalone, always active
     queue: WorkQueue | None = None
     informers: list[Informer] = field(default_factory=list)
@@ -102,7 +104,7 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
         now = datetime.now(UTC)
         outcome = reconcile(
             ctx.kube, body, now, ctx.settings, ctx.metrics, ctx.states, index=ctx.index,
-            applied_services=ctx.applied_services,
+            applied_services=ctx.applied_services, ledger=ctx.ledger,
         )  # fmt: skip
         write_status(ctx, body, outcome.status)
         emit(ctx.kube, body, outcome, now)
@@ -149,6 +151,7 @@ def sync_rules(ctx: Context, body: Obj) -> None:
 def forget_deployment(ctx: Context, key: Key, body: Obj | None) -> None:
     """Drop everything kept for a deployment that is gone (owner references remove its workloads)."""
     namespace, name = key
+    ctx.ledger.forget(key)
     ctx.metrics.forget_deployment(namespace, name)
     if ctx.settings.meter is not None:
         ctx.settings.meter.forget(f"{namespace}/{name}")

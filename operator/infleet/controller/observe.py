@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from infleet.api import AcceleratorPool, InferenceDeployment
 from infleet.controller.kube import Obj
+from infleet.controller.ledger import Claim, claimed_on, less_claimed
 from infleet.controller.manifests import (
     LABEL_POOL,
     LABEL_ROLE,
@@ -40,7 +41,7 @@ from infleet.policy.autoscaler import LoadObservation
 from infleet.policy.capacity import RequestMix
 from infleet.policy.fallback import PoolPods
 from infleet.policy.from_api import candidate_pools, choose
-from infleet.policy.loop import Observation, PoolReplicas, PoolView
+from infleet.policy.loop import Observation, Plan, PoolReplicas, PoolView
 from infleet.policy.warm import WarmWorker
 
 DEVICE_OF_FAMILY = {"nvidia-gpu": "cuda", "aws-neuron": "neuron", "google-tpu": "xla", "cpu": "cpu"}
@@ -142,10 +143,12 @@ def observe(
     measured: Measured,
     now_s: float,
     waiting_for: str | None = None,
+    claims: Sequence[Claim] = (),
 ) -> Observation:
     """The loop's input for one deployment from the cluster view and the measurements.
 
     ``serving_deployments`` is each pool's serving Deployment ``spec.replicas``; promoted pods count beside them.
+    ``claims`` are other deployments' planned-but-unbound replicas (the capacity ledger), taken out of each pool.
     """
     namespace, name = infd.metadata.namespace or "", infd.metadata.name or ""
     pools, _ = parse_pools(view.pools)
@@ -158,18 +161,28 @@ def observe(
     )
     infleet_use = infleet_devices_by_pool(view, pools)
     me = f"{namespace}/{name}"
-    for pool in chosen:
-        choice = choose(pool, infd, measured.mix) if measured.mix else choose(pool, infd)
+    taken: set[str] = set()
+    # A node that several candidate pools select is offered once, by the cheapest of them: otherwise placement
+    # would plan the same devices on two pools (pools sharing nodes share their devices).
+    for pool in sorted(chosen, key=lambda p: (p.spec.price_per_device_hour_usd, p.metadata.name or "")):
+        choice = choose(pool, infd)  # devices per replica only (capacity is the loop's business)
         runtime = pool_runtime(pool, choice.devices_per_replica)
         elsewhere = sum(v for k, v in infleet_use.get(runtime.name, {}).items() if k != me)
+        mine_nodes = {u.name for u in usage if u.name not in taken and selects(pool.spec.node_selector, u.labels)}
+        taken |= mine_nodes
         cap = pool_capacity(
             pool,
-            usage,
+            [u for u in usage if u.name in mine_nodes],
             replica_requests(runtime, runtime_for(infd, pool.spec.accelerator.family)),
             choice.devices_per_replica,
             int(elsewhere),
         )
-        views[runtime.name] = PoolView(pool=pool, free_devices=cap.free_devices, room_replicas=cap.room_replicas)
+        free, room = cap.free_devices, cap.room_replicas
+        if claims and runtime.resource_name:
+            pool_nodes = [n for n in nodes if n["metadata"]["name"] in mine_nodes]
+            claimed = claimed_on(claims, pool_nodes, runtime.resource_name, float(runtime.units_per_device))
+            free, room = less_claimed(free, room, claimed, choice.devices_per_replica)
+        views[runtime.name] = PoolView(pool=pool, free_devices=free, room_replicas=room)
     grouped = group_pods(own_pods)
     promoted = promoted_workers(own_pods, uid)
     promoted_count: dict[str, int] = {}
@@ -221,3 +234,21 @@ def promoted_workers(pods: Sequence[Obj], uid: str) -> tuple[WarmWorker, ...]:
         for p in pods
         if _live(p) and is_promoted(p, uid)
     )
+
+
+def claims_of(obs: Observation, plan: Plan) -> list[Claim]:
+    """Replicas the plan wants on each pool beyond the pods already bound there: the deployment's ledger claim."""
+    infd = obs.deployment
+    out = []
+    for pool_name in sorted(set(plan.serving) | set(plan.warm)):
+        if pool_name not in plan.devices_per_replica or pool_name not in obs.pools:
+            continue
+        have = obs.replicas.get(pool_name, PoolReplicas())
+        more = plan.serving.get(pool_name, 0) + plan.warm.get(pool_name, 0) - have.pods.bound - have.warm_ready
+        if more <= 0:
+            continue
+        pool = obs.pools[pool_name].pool
+        runtime = pool_runtime(pool, plan.devices_per_replica[pool_name])
+        requests = replica_requests(runtime, runtime_for(infd, pool.spec.accelerator.family))
+        out.append(Claim(node_selector=dict(pool.spec.node_selector), requests=requests, count=more))
+    return out

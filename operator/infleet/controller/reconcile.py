@@ -10,7 +10,8 @@ kopf would retry forever.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,10 +24,11 @@ from infleet.controller.autoscale import LoadMeter
 from infleet.controller.execute import execute, status_of
 from infleet.controller.index import ClusterIndex
 from infleet.controller.kube import Kube, Obj
+from infleet.controller.ledger import CapacityLedger, Claim
 from infleet.controller.loopstate import LoopStates
 from infleet.controller.manifests import ImageConfig, Owner, model_location
 from infleet.controller.metrics import OperatorMetrics
-from infleet.controller.observe import Measured, observe, parse_deployment
+from infleet.controller.observe import Measured, claims_of, observe, parse_deployment
 from infleet.controller.promotion import WorkerStateClient
 from infleet.controller.snapshot import own_pods, pod_ready, read_cluster
 from infleet.controller.status import merge_conditions, newly_false, post_event
@@ -76,6 +78,7 @@ def observe_deployment(
     now: datetime,
     settings: Settings,
     index: ClusterIndex | None = None,
+    claims: Sequence[Claim] = (),
 ) -> Observed:
     """Read what one decision needs: the cluster view, the deployment's pods and Deployments, its load.
 
@@ -113,6 +116,7 @@ def observe_deployment(
         measured=measured,
         now_s=now.timestamp(),
         waiting_for=waiting,
+        claims=claims,
     )
     return Observed(obs=obs, owner=owner, pods=mine, workloads=workloads)
 
@@ -126,6 +130,7 @@ def reconcile(
     states: LoopStates,
     index: ClusterIndex | None = None,
     applied_services: MutableMapping[str, str] | None = None,
+    ledger: CapacityLedger | None = None,
 ) -> Result:
     meta = body["metadata"]
     previous = body.get("status") or {}
@@ -133,8 +138,13 @@ def reconcile(
         infd = parse_deployment(body)
     except ValidationError as exc:
         return invalid_spec(previous, exc, now, meta.get("generation"))
-    seen = observe_deployment(kube, body, infd, now, settings, index)
-    plan, next_state = decide(seen.obs, states.load(meta["uid"], previous), settings.loop)
+    key = (meta["namespace"], meta["name"])
+    with ledger.decisions if ledger is not None else nullcontext():
+        claims = ledger.others(key) if ledger is not None else ()
+        seen = observe_deployment(kube, body, infd, now, settings, index, claims)
+        plan, next_state = decide(seen.obs, states.load(meta["uid"], previous), settings.loop)
+        if ledger is not None and plan.touch_workloads:
+            ledger.set(key, claims_of(seen.obs, plan))
     done = execute(
         kube,
         owner=seen.owner,

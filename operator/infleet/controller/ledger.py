@@ -1,0 +1,75 @@
+"""One capacity ledger for concurrent reconciles: devices planned but not yet bound are claimed here.
+
+The index counts what pods hold on each node once they are bound; between a decision and the binding (the apply,
+the ReplicaSet creating pods, the scheduler) those devices look free to every other deployment, and two reconciles
+on different worker threads would plan the same devices (pods Pending for minutes, then fallback). So a decision
+runs under the ledger's lock: it observes with the other deployments' open claims subtracted, decides, and records
+its own claim (replicas it wants on each pool beyond the pods already bound there) before the lock is released.
+A claim counts against every pool whose nodes its node selector reaches, so pools that share nodes share it too.
+Claims are replaced on the deployment's next reconcile and dropped with the deployment (flat memory).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from infleet.controller.index import Key
+from infleet.controller.kube import Obj
+from infleet.controller.snapshot import selects
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    """``count`` more replicas of one deployment on nodes matching ``node_selector``, each requesting ``requests``."""
+
+    node_selector: Mapping[str, str]
+    requests: Mapping[str, float]
+    count: int
+
+
+@dataclass
+class CapacityLedger:
+    claims: dict[Key, tuple[Claim, ...]] = field(default_factory=dict)
+    decisions: threading.Lock = field(default_factory=threading.Lock)  # held from observe to claim
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def others(self, key: Key) -> list[Claim]:
+        with self.guard:
+            return [c for k, claims in self.claims.items() if k != key for c in claims]
+
+    def set(self, key: Key, claims: Sequence[Claim]) -> None:
+        with self.guard:
+            if claims:
+                self.claims[key] = tuple(claims)
+            else:
+                self.claims.pop(key, None)
+
+    def forget(self, key: Key) -> None:
+        self.set(key, ())
+
+
+def claimed_on(
+    claims: Sequence[Claim], pool_nodes: Sequence[Obj], resource: str, units_per_device: float
+) -> float:
+    """Devices of one pool (its nodes, its device resource) that others' claims may take."""
+    total = 0.0
+    for claim in claims:
+        amount = claim.requests.get(resource, 0.0)
+        if amount <= 0 or claim.count <= 0:
+            continue
+        if any(selects(claim.node_selector, n["metadata"].get("labels") or {}) for n in pool_nodes):
+            total += claim.count * amount / units_per_device
+    return total
+
+
+def less_claimed(free_devices: int, room: int, claimed: float, devices_per_replica: int) -> tuple[int, int]:
+    """A pool's free devices and room for replicas once the claimed devices are taken out."""
+    if claimed <= 0:
+        return free_devices, room
+    taken = math.ceil(claimed - 1e-9)
+    free = max(0, free_devices - taken)
+    free -= free % max(1, devices_per_replica)
+    return free, max(0, room - math.ceil(taken / max(1, devices_per_replica)))

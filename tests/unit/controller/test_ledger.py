@@ -1,0 +1,105 @@
+"""The capacity ledger: concurrent decisions never plan the same free devices, also across pools that share nodes."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from infleet.controller.handlers import Context, on_event, reconcile_deployment
+from infleet.controller.metrics import OperatorMetrics
+from infleet.controller.reconcile import Settings
+from tests.unit.controller.builders import make_infd, make_pool, node
+from tests.unit.controller.fakekube import FakeKube
+
+H100 = {
+    "family": "nvidia-gpu",
+    "product": "NVIDIA-H100-80GB-HBM3",
+    "resourceName": "nvidia.com/gpu",
+    "devicesPerNode": 4,
+    "memoryGiBPerDevice": 80,
+}
+
+
+def add_pool(ctx: Context, name: str, selector: dict[str, str], price: float) -> None:
+    pool = make_pool(
+        name,
+        nodeSelector=selector,
+        accelerator=H100,
+        pricePerDeviceHourUSD=price,
+        performanceProfiles=[{"modelClass": "llm-8b", "requestsPerSecond": 2, "latencyBoundMs": 2000}],
+    ).to_dict()
+    pool.update(apiVersion="infleet.io/v1alpha1", kind="AcceleratorPool")
+    on_event(ctx, "AcceleratorPool", "ADDED", pool)
+
+
+def add_deployment(ctx: Context, kube: FakeKube, name: str) -> None:
+    body: dict[str, Any] = make_infd(
+        name, slo={"p99LatencyMs": 2000, "throughput": {"requestsPerSecond": 6}}, scaling={"maxReplicas": 8}
+    ).to_dict()
+    body.update(apiVersion="infleet.io/v1alpha1", kind="InferenceDeployment")
+    body["metadata"].update(uid=f"uid-{name}", generation=1)
+    body["spec"]["model"]["source"] = "s3://models/llama"
+    body["spec"]["model"]["families"] = ["nvidia-gpu"]
+    kube.objects[f"/apis/infleet.io/v1alpha1/namespaces/ns/inferencedeployments/{name}"] = body
+    on_event(ctx, "InferenceDeployment", "ADDED", body)
+
+
+def context() -> tuple[Context, FakeKube]:
+    kube = FakeKube()
+    ctx = Context(kube=kube, settings=Settings(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    on_event(
+        ctx,
+        "Node",
+        "ADDED",
+        node("cheap-1", "cheap", {"nvidia.com/gpu": "4", "cpu": "64", "memory": "512Gi", "pods": "110"}),
+    )
+    for i in range(4):
+        on_event(
+            ctx,
+            "Node",
+            "ADDED",
+            node(f"dear-{i}", "dear", {"nvidia.com/gpu": "4", "cpu": "64", "memory": "512Gi", "pods": "110"}),
+        )
+    return ctx, kube
+
+
+def summary(kube: FakeKube, name: str) -> dict[str, int]:
+    status = kube.objects[f"/apis/infleet.io/v1alpha1/namespaces/ns/inferencedeployments/{name}"]["status"]
+    return {p["pool"]: p["desired"] for p in status["pools"] if p["desired"]}
+
+
+def test_concurrent_reconciles_never_claim_the_same_free_devices() -> None:
+    ctx, kube = context()
+    add_pool(ctx, "cheap", {"karpenter.sh/nodepool": "cheap"}, 1.0)
+    add_pool(ctx, "dear", {"karpenter.sh/nodepool": "dear"}, 5.0)
+    names = [f"d{i}" for i in range(4)]
+    for name in names:
+        add_deployment(ctx, kube, name)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda n: reconcile_deployment(ctx, ("ns", n)), names))
+    plans = [summary(kube, n) for n in names]
+    assert sum(p.get("cheap", 0) for p in plans) <= 4  # the cheap pool's 4 devices, never more
+    assert all(sum(p.values()) == 3 for p in plans)  # 6 rps at 2 rps per replica: the rest went to the dear pool
+
+
+def test_pools_sharing_nodes_share_the_claims() -> None:
+    ctx, kube = context()
+    # Two pools over the same cheap node (one selects by a label every such node has too).
+    add_pool(ctx, "cheap", {"karpenter.sh/nodepool": "cheap"}, 1.0)
+    add_pool(ctx, "cheap-too", {"karpenter.sh/nodepool": "cheap"}, 1.1)
+    add_pool(ctx, "dear", {"karpenter.sh/nodepool": "dear"}, 5.0)
+    add_deployment(ctx, kube, "a")
+    add_deployment(ctx, kube, "b")
+    reconcile_deployment(ctx, ("ns", "a"))
+    reconcile_deployment(ctx, ("ns", "b"))
+    a, b = summary(kube, "a"), summary(kube, "b")
+    on_shared_nodes = sum(p.get("cheap", 0) + p.get("cheap-too", 0) for p in (a, b))
+    assert on_shared_nodes <= 4, (a, b)
+    # A deleted deployment's claim goes with it: the next one may use those devices.
+    on_event(
+        ctx,
+        "InferenceDeployment",
+        "DELETED",
+        kube.objects["/apis/infleet.io/v1alpha1/namespaces/ns/inferencedeployments/a"],
+    )
+    assert ("ns", "a") not in ctx.ledger.claims
