@@ -72,6 +72,21 @@ def estimated_capacity_rps(
     return capacity, ""
 
 
+def batch_one_tpot_s(pool: AcceleratorPool, infd: InferenceDeployment, devices_per_replica: int) -> float | None:
+    """The service model's time per output token with one sequence running (None: no figures for the device).
+
+    It depends on the weights and the memory bandwidth only, not on the request mix, so it is a sound floor even
+    where a pool's measured profile is trusted for everything else.
+    """
+    acc = pool.spec.accelerator
+    try:
+        figures = DEVICES[device_key(acc.product, acc.family)]
+    except ValueError:
+        return None
+    service = roofline(figures, devices_per_replica, model_parameters_billions(infd), acc.memory_gib_per_device)
+    return service.tpot(1)
+
+
 def tokens_to_requests(tokens_per_second: float, mix: RequestMix) -> float:
     """Generated tokens per second as requests per second at the mix's mean output length."""
     return tokens_per_second / mix.mean_gen

@@ -16,7 +16,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from infleet.api import AcceleratorPool, InferenceDeployment, PerformanceProfile
-from infleet.policy.capacity import DEFAULT_MIX, RequestMix, estimated_capacity_rps, slo_seconds, tokens_to_requests
+from infleet.policy.capacity import (
+    DEFAULT_MIX,
+    RequestMix,
+    batch_one_tpot_s,
+    estimated_capacity_rps,
+    slo_seconds,
+    tokens_to_requests,
+)
 from infleet.policy.types import PlacementRequest, PoolOffer
 
 MEMORY_UTILIZATION = 0.9
@@ -95,15 +102,19 @@ def choose(pool: AcceleratorPool, infd: InferenceDeployment, mix: RequestMix = D
         measured = tokens_to_requests(profile.tokens_per_second, mix)
     else:
         return PoolChoice(pool, devices, 0.0, profile, "profile has neither requestsPerSecond nor tokensPerSecond")
-    ttft, tpot, _ = slo_seconds(infd)
-    if ttft is None and tpot is None:
-        return PoolChoice(pool, devices, measured, profile)
-    # A profile vouches for its end-to-end bound only; TTFT/TPOT targets are checked against the service model,
-    # and the lower of the two capacities is planned for.
-    estimate, why = estimated_capacity_rps(pool, infd, devices, mix)
-    if estimate <= 0:
-        return PoolChoice(pool, devices, 0.0, profile, f"profiled end to end only; {why or 'TTFT/TPOT not met'}")
-    return PoolChoice(pool, devices, min(measured, estimate), profile)
+    _, tpot, _ = slo_seconds(infd)
+    floor = batch_one_tpot_s(pool, infd, devices)
+    if tpot is not None and floor is not None and floor > tpot:
+        # A profile vouches for its end-to-end bound only; no load makes one token faster than a batch of one.
+        return PoolChoice(
+            pool,
+            devices,
+            0.0,
+            profile,
+            f"one output token takes ~{floor * 1000:.0f} ms here even alone (service model), SLO TPOT is "
+            f"{tpot * 1000:.0f} ms",
+        )
+    return PoolChoice(pool, devices, measured, profile)
 
 
 def candidate_pools(
@@ -221,7 +232,8 @@ def placement_request(
     families = set(spec.allowed_families() if honour_pool_restrictions else spec.model.families)
     named = spec.placement.pools if honour_pool_restrictions else None
     chosen = [
-        p for p in pools
+        p
+        for p in pools
         if p.spec.accelerator.family in families and (named is None or (p.metadata.name or "") in named)
     ]
     free = dict(free_devices) if free_devices is not None else {p.metadata.name or "": pool_devices(p) for p in chosen}
