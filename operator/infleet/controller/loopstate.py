@@ -134,10 +134,11 @@ class LoopStates:
             self.written[uid] = text
 
     def store(self, uid: str, state: LoopState) -> str:
-        """Remember ``state`` and return its JSON for the status."""
+        """Remember ``state`` as it reads back from its JSON (so this replica and one that takes over from the
+        status continue from exactly the same state) and return the JSON for the status."""
         text = state_to_json(state)
         with self.lock:
-            self.states[uid] = (text, state)
+            self.states[uid] = (text, state_from_json(text))
         return text
 
     def forget(self, uid: str) -> None:

@@ -37,8 +37,12 @@ def fed_context() -> tuple[Context, FakeKube, dict[str, Any]]:
     kube.objects["/apis/infleet.io/v1alpha1/acceleratorpools/l4-spot"] = pool
     on_event(ctx, "AcceleratorPool", "ADDED", pool)
     for i in range(4):
-        on_event(ctx, "Node", "ADDED", node(f"n{i}", "l4-spot", {"nvidia.com/gpu": "4", "cpu": "32",
-                                                                 "memory": "128Gi", "pods": "110"}))  # fmt: skip
+        on_event(
+            ctx,
+            "Node",
+            "ADDED",
+            node(f"n{i}", "l4-spot", {"nvidia.com/gpu": "4", "cpu": "32", "memory": "128Gi", "pods": "110"}),
+        )
     body = make_infd(slo={"p99LatencyMs": 2000, "throughput": {"requestsPerSecond": 5}}).to_dict()
     body.update(apiVersion="infleet.io/v1alpha1", kind="InferenceDeployment")
     body["metadata"].update(uid="uid-1", generation=1)
@@ -88,3 +92,46 @@ def test_a_deleted_deployment_leaves_nothing_behind_in_memory() -> None:
     on_event(ctx, "InferenceDeployment", "DELETED", body)
     assert len(ctx.states) == 0 and not ctx.state_written and not ctx.applied_services
     assert reconcile_deployment(ctx, ("ns", "chat")) is None
+
+
+class SteadyWorkers:
+    """Every ready serving pod answers with counters that grow by 30 requests per call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def fetch(self, pod: Any) -> Any:
+        from infleet.controller.scrape import WorkerMetrics
+
+        self.calls += 1
+        return WorkerMetrics(requests_total=30.0 * self.calls, latency_buckets={1.0: 30.0 * self.calls})
+
+
+def test_a_new_leader_continues_from_the_state_in_the_status() -> None:
+    from infleet.controller.autoscale import LoadMeter
+    from infleet.controller.loopstate import LoopStates
+    from tests.unit.controller.builders import pod
+
+    ctx, kube, _ = fed_context()
+    ctx.settings = Settings(meter=LoadMeter(SteadyWorkers()))  # type: ignore[arg-type]
+    ready = pod(
+        "chat-l4-spot-0",
+        node_name="n0",
+        ready=True,
+        labels={
+            "app.kubernetes.io/managed-by": "infleet",
+            "infleet.io/deployment": "chat",
+            "infleet.io/pool": "l4-spot",
+            "infleet.io/role": "serving",
+        },
+    )
+    on_event(ctx, "Pod", "ADDED", ready)
+    for _ in range(4):
+        reconcile_deployment(ctx, ("ns", "chat"))
+        ctx.state_written.clear()  # write the state every time here (the 30 s pacing is tested by the repeat test)
+        on_event(ctx, "InferenceDeployment", "MODIFIED", kube.objects[INFD_PATH])
+    mine = ctx.states.load("uid-1", kube.objects[INFD_PATH]["status"])
+    assert mine.rates and mine.scaling.autoscaler.history  # measurements happened
+    # A peer (or a restarted operator) has only the status to go by, and finds the same state there.
+    peer = LoopStates().load("uid-1", kube.objects[INFD_PATH]["status"])
+    assert peer == mine
