@@ -45,6 +45,8 @@ DEPLOYMENTS = "inferencedeployments"
 POOLS = "acceleratorpools"
 # How long a loop state that only grew (new measurements, same decision) may wait before it is written to status.
 STATE_WRITE_EVERY_S = 30.0
+# How often an unchanged PrometheusRule is applied again anyway (someone may have deleted or edited it).
+RULES_RESYNC_S = 300.0
 
 
 @dataclass
@@ -65,7 +67,8 @@ class Context:
     informers: list[Informer] = field(default_factory=list)
     applied_services: dict[str, str] = field(default_factory=dict)
     state_written: dict[str, float] = field(default_factory=dict)  # uid -> monotonic time of the last state write
-    rules_synced: dict[str, int] = field(default_factory=dict)  # uid -> generation of the last PrometheusRule sync
+    # uid -> (generation, API present, when) of the last PrometheusRule sync
+    rules_synced: dict[str, tuple[int, bool, float]] = field(default_factory=dict)
 
     def active(self) -> bool:
         return self.elector is None or self.elector.is_leader()
@@ -140,12 +143,16 @@ def write_status(ctx: Context, body: Obj, status: dict[str, Any]) -> None:
 
 
 def sync_rules(ctx: Context, body: Obj) -> None:
+    """Apply the SLO rule when the spec changed, the PrometheusRule API appeared, or every RULES_RESYNC_S."""
     if ctx.slo_rules is None:
         return
     uid, generation = body["metadata"]["uid"], int(body["metadata"].get("generation") or 0)
-    if ctx.rules_synced.get(uid) != generation:
+    available = ctx.slo_rules.api_available()
+    last = ctx.rules_synced.get(uid)
+    now = time.monotonic()
+    if last is None or last[:2] != (generation, available) or now - last[2] >= RULES_RESYNC_S:
         ctx.slo_rules.sync(body)
-        ctx.rules_synced[uid] = generation
+        ctx.rules_synced[uid] = (generation, available, now)
 
 
 def forget_deployment(ctx: Context, key: Key, body: Obj | None) -> None:
