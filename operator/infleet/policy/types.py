@@ -125,7 +125,21 @@ class PlacementPlan:
     status: PlacementStatus
     shortfall_rps: float = 0.0
     reason: str = ""
-    solver: str = "milp"  # milp, milp-best-effort, greedy (solver gave nothing in time), none (nothing to place)
+    solver: str = "milp"
+    mip_gap: float = 0.0
+
+    # ``solver`` names the path that produced the plan and ``mip_gap`` how far its cost may be above the optimum,
+    # (cost - lower bound) / cost, 0 when proven optimal, 1.0 when no bound is known:
+    #   exact            every deployment's own optimum (branch and bound) fits the shared devices: proven
+    #   decomposed       shared devices bind: priced per-deployment solves plus repair, gap certified by the
+    #                    Lagrangian bound
+    #   milp             one joint HiGHS MILP proved optimal (method="joint", or the fallback of "decomposed")
+    #   milp-time-limit  the joint MILP stopped at its time limit: its best plan, with HiGHS's dual bound
+    #   previous         the warm-start plan was kept: nothing cheaper was found
+    #   milp-best-effort the demand cannot be covered: least shortfall, then least cost (joint MILP); gap 1.0
+    #                    if either solve stopped at the time limit
+    #   greedy           the solver gave nothing in time: cheapest capacity first; gap 1.0
+    #   none             nothing to place
 
     @property
     def total_replicas(self) -> int:
@@ -140,3 +154,7 @@ class FleetPlacement:
     cost_per_hour: float
     solve_seconds: float
     devices_used: Mapping[str, int] = field(default_factory=dict)
+    # A lower bound on the cost of any plan meeting the same constraints, and (cost - bound) / cost: 0 when every
+    # plan is proven optimal (see ``PlacementPlan.solver``).
+    lower_bound_per_hour: float = 0.0
+    mip_gap: float = 0.0
