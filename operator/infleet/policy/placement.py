@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -78,18 +78,20 @@ def place_fleet(
     plans: dict[str, PlacementPlan] = {}
     devices_used: dict[str, int] = {}
     lower_total = 0.0
+    objective_sum = 0.0
     for group in groups:
         reqs = [requests[i] for i in group]
         variables = _variables(reqs)
         model = FleetModel(reqs, variables, shared_free_devices)
         prior = _previous_vector(reqs, variables, previous)
         x, solver, bound = _solve_group(model, prior, method, deadline)
-        cost = float(model.price @ x) if len(x) else 0.0
+        cost = float(model.objective @ x) if len(x) else 0.0
         # The bound is on the tie-broken cost; dividing out the largest tie-break makes it one on the real price.
         top = max((v.offer.preference for v in variables), default=0)
         lower = max(0.0, bound / (1.0 + PREFERENCE_EPSILON * top)) if math.isfinite(bound) else 0.0
         lower = min(lower, cost)
         lower_total += lower
+        objective_sum += cost
         gap = 0.0 if solver in ("exact", "milp", "none") else _gap(cost, lower)
         if solver == "milp-best-effort" and math.isfinite(bound):
             gap = 0.0  # the least shortfall and, with it, the least cost, both proven
@@ -103,13 +105,14 @@ def place_fleet(
             plans[req.deployment] = _describe(req, replicas, solver, gap)
     plans = {name: plans[name] for name in names}
     total = sum(p.cost_per_hour for p in plans.values())
+    objective_total = objective_sum
     return FleetPlacement(
         plans=plans,
         cost_per_hour=total,
         solve_seconds=time.perf_counter() - started,
         devices_used=devices_used,
-        lower_bound_per_hour=min(lower_total, total),
-        mip_gap=_gap(total, min(lower_total, total)) if any(p.mip_gap > 0 for p in plans.values()) else 0.0,
+        lower_bound_per_hour=min(lower_total, objective_total),
+        mip_gap=_gap(objective_total, lower_total) if any(p.mip_gap > 0 for p in plans.values()) else 0.0,
     )
 
 
@@ -218,7 +221,10 @@ def _greedy(requests: Sequence[PlacementRequest], variables: list[Var]) -> np.nd
     x = np.zeros(len(variables), dtype=np.int64)
     order = sorted(
         range(len(variables)),
-        key=lambda k: variables[k].offer.replica_price_per_hour / variables[k].offer.replica_capacity_rps,
+        key=lambda k: (
+            (variables[k].offer.objective_per_hour(requests[variables[k].request].objective) or 0.0)
+            / variables[k].offer.replica_capacity_rps
+        ),
     )
     covered = [0.0] * len(requests)
     for k in order:
@@ -240,6 +246,8 @@ def _describe(req: PlacementRequest, replicas: Mapping[str, int], solver: str, g
     on_demand = sum(
         by_pool[p].replica_capacity_rps * n for p, n in replicas.items() if by_pool[p].capacity_type == "on-demand"
     )
+    energy = _total((by_pool[p].replica_energy_wh_per_hour, n) for p, n in replicas.items())
+    carbon = _total((by_pool[p].replica_carbon_g_per_hour, n) for p, n in replicas.items())
     spot_short = max(0.0, (1.0 - req.max_spot_fraction) * req.demand_rps - on_demand)
     shortfall = max(0.0, req.demand_rps - capacity, spot_short)
     total = sum(replicas.values())
@@ -250,6 +258,9 @@ def _describe(req: PlacementRequest, replicas: Mapping[str, int], solver: str, g
     elif not req.usable_offers():
         status = "no_fitting_pool"
         reason = f"no offered pool fits {req.model_memory_gib:g} GiB and meets the SLO"
+        if req.objective != "cost":
+            needs = "power figures" if req.objective == "energy" else "power figures and a grid carbon intensity"
+            reason += f" with the {needs} objective {req.objective} needs"
     elif req.budget_per_hour is not None and cost >= req.budget_per_hour * 0.999 - 1e-9:
         status = "over_budget"
         reason = f"budget {req.budget_per_hour:g}/h reached; {shortfall:.3g} rps uncovered"
@@ -268,4 +279,16 @@ def _describe(req: PlacementRequest, replicas: Mapping[str, int], solver: str, g
         reason=reason,
         solver=solver,
         mip_gap=gap,
+        energy_wh_per_hour=energy,
+        carbon_g_per_hour=carbon,
     )
+
+
+def _total(terms: Iterable[tuple[float | None, int]]) -> float | None:
+    """Sum of per-replica figure x replicas, or None if a figure is unknown."""
+    total = 0.0
+    for per_replica, n in terms:
+        if per_replica is None:
+            return None
+        total += per_replica * n
+    return total

@@ -1,6 +1,6 @@
 """The placement problem of many deployments as one model for HiGHS (SciPy's ``milp`` and ``linprog``).
 
-    minimise    sum_ij cost_ij x_ij                                        (price, plus preference tie-breaks)
+    minimise    sum_ij cost_ij x_ij        (price, or energy or carbon with the price as tie-break; plus preference)
     subject to  sum_j cap_ij x_ij >= demand_i                              (SLO capacity)
                 sum_{j on-demand} cap_ij x_ij >= (1 - spot_i) demand_i     (spot share)
                 min_i <= sum_j x_ij <= max_i,  sum_j price_ij x_ij <= budget_i
@@ -30,6 +30,9 @@ from infleet.policy.types import PlacementRequest, PoolOffer
 
 # Relative cost added per preference rank: breaks ties, never outweighs a real price difference.
 PREFERENCE_EPSILON = 1e-6
+# Under an energy or carbon objective, the price enters at this weight (relative to the largest energy per
+# price): the cheaper of two plans of equal energy wins, and no real energy difference above it is overridden.
+COST_TIE_BREAK = 1e-4
 _MIP_REL_GAP = 1e-6
 
 
@@ -68,7 +71,14 @@ class FleetModel:
         self.cap = np.array([v.offer.replica_capacity_rps for v in variables], dtype=float)
         self.price = np.array([v.offer.replica_price_per_hour for v in variables], dtype=float)
         pref = np.array([v.offer.preference for v in variables], dtype=float)
-        self.cost = self.price * (1.0 + PREFERENCE_EPSILON * pref)
+        # What each replica adds to the objective (the price, Wh/h or gCO2e/h), with the cost tie-break.
+        value = np.array(
+            [v.offer.objective_per_hour(requests[v.request].objective) or 0.0 for v in variables], dtype=float
+        )
+        by_cost = np.array([requests[v.request].objective == "cost" for v in variables], dtype=bool)
+        scale = float(value[~by_cost].max() / max(self.price[~by_cost].max(), 1e-12)) if (~by_cost).any() else 0.0
+        self.objective = np.where(by_cost, self.price, value + COST_TIE_BREAK * scale * self.price)
+        self.cost = self.objective * (1.0 + PREFERENCE_EPSILON * pref)
         self.upper = np.array([v.upper for v in variables], dtype=float)
         self.req_of = np.array([v.request for v in variables], dtype=np.int64)
         self.on_demand = np.array([v.offer.capacity_type == "on-demand" for v in variables], dtype=bool)
