@@ -16,12 +16,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from infleet.api import AcceleratorPool, InferenceDeployment, PerformanceProfile
-from infleet.policy.types import PlacementRequest, PoolOffer
+from infleet.policy.types import PlacementObjective, PlacementRequest, PoolOffer
 
 # Capacity unit of a deployment that declares no load: one "request per second" per replica, so replicas come
 # from minReplicas / scaling.replicas alone.
 NOMINAL_CAPACITY = 1.0
 MEMORY_UTILIZATION = 0.9
+OBJECTIVES: dict[str, PlacementObjective] = {"Cost": "cost", "Energy": "energy", "Carbon": "carbon"}
 # Devices assumed in a pool whose size is unknown (no maxDevices, no observed status).
 DEFAULT_POOL_DEVICES = 64
 
@@ -132,6 +133,7 @@ def build_request(
     offers = []
     for c in choices:
         name = c.pool.metadata.name or ""
+        power = c.pool.spec.power
         capacity_type = c.pool.spec.capacity_type
         rank = preference.get(name, len(preference))
         if spot == "Preferred" and capacity_type == "on-demand":
@@ -149,6 +151,8 @@ def build_request(
                 cold_start_s=float(c.pool.spec.cold_start_seconds),
                 preference=rank,
                 current_replicas=current.get(name, 0),
+                watts_per_device=None if power is None else power.typical_watts_per_device,
+                carbon_g_per_kwh=None if power is None else power.grid_carbon_grams_per_kwh,
             )
         )
     scaling = spec.scaling
@@ -168,6 +172,7 @@ def build_request(
         max_spot_fraction=max(0.0, max_spot),
         budget_per_hour=spec.cost.max_hourly_cost_usd,
         memory_utilization=MEMORY_UTILIZATION,
+        objective=OBJECTIVES[spec.placement.objective],
     )
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from infleet.api import AcceleratorPool, InferenceDeployment, load_manifests
 from infleet.policy import PlacementRequest, PoolOffer, place, place_fleet
+from infleet.policy.from_api import placement_request
 
 
 def offer(name: str, price: float, cap: float, watts: float | None, **kw: object) -> PoolOffer:
@@ -113,3 +116,23 @@ def test_energy_optimal_on_small_instances(pools: list[tuple[float, float, float
         assert plan.status != "ok"
     else:
         assert plan.energy_wh_per_hour == pytest.approx(best, rel=1e-3, abs=1e-6)
+
+
+def test_the_api_objective_and_pool_power_reach_the_request() -> None:
+    root = Path(__file__).resolve().parents[3] / "examples"
+    docs = [m for f in sorted(root.glob("*.yaml")) for m in load_manifests(f)]
+    pools = [m for m in docs if isinstance(m, AcceleratorPool)]
+    dep = next(m for m in docs if isinstance(m, InferenceDeployment) and m.metadata.name == "small-cpu-model")
+    assert placement_request(dep, pools).objective == "cost"
+    green = dep.model_copy(
+        update={
+            "spec": dep.spec.model_copy(
+                update={"placement": dep.spec.placement.model_copy(update={"objective": "Energy"})}
+            )
+        }
+    )
+    request = placement_request(green, pools)
+    assert request.objective == "energy"
+    watts = {o.pool: o.watts_per_device for o in request.offers}
+    assert watts["cpu-spot"] == pytest.approx(17.5)
+    assert all(o.carbon_g_per_kwh is None for o in request.offers)  # the examples leave the grid unset
