@@ -84,7 +84,7 @@ def place_fleet(
         variables = _variables(reqs)
         model = FleetModel(reqs, variables, shared_free_devices)
         prior = _previous_vector(reqs, variables, previous)
-        x, solver, bound = _solve_group(model, prior, method, deadline)
+        x, solver, bound = _solve_group(model, prior, method, deadline, time_limit_s)
         cost = float(model.objective @ x) if len(x) else 0.0
         # The bound is on the tie-broken cost; dividing out the largest tie-break makes it one on the real price.
         top = max((v.offer.preference for v in variables), default=0)
@@ -168,7 +168,7 @@ def _previous_vector(
 
 
 def _solve_group(
-    model: FleetModel, prior: np.ndarray | None, method: PlacementMethod, deadline: float
+    model: FleetModel, prior: np.ndarray | None, method: PlacementMethod, deadline: float, time_limit_s: float
 ) -> tuple[np.ndarray, str, float]:
     """Values per variable, the solver that produced them, and a lower bound on the tie-broken cost."""
     if model.n == 0:
@@ -186,7 +186,9 @@ def _solve_group(
                 return prior, "previous", found.lower_bound
             return found.x, "exact" if exact else "decomposed", found.lower_bound
     cutoff = float(model.cost @ prior) + 1e-9 if prior_ok and prior is not None else None
-    joint = solve_joint(model, time_limit_s=deadline - time.perf_counter(), cutoff=cutoff)
+    # The fallback gets the whole budget again when the decomposition spent it without finding a plan.
+    left = max(deadline - time.perf_counter(), time_limit_s)
+    joint = solve_joint(model, time_limit_s=left, cutoff=cutoff)
     if joint.solver == "no-solution":
         if prior_ok and prior is not None:
             return prior, "previous", joint.lower_bound

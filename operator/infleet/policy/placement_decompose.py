@@ -36,6 +36,8 @@ from infleet.policy.placement_milp import FleetModel, lp_prices
 TARGET_GAP = 1e-4
 _MAX_ROUNDS = 30
 _PRICING_SHARE = 0.5
+# The choice among the plans gets at least this long, even when pricing spent the budget.
+_MIN_CHOICE_S = 0.3
 
 
 class SearchLimitError(RuntimeError):
@@ -167,11 +169,15 @@ def decompose(model: FleetModel, *, deadline: float, previous: np.ndarray | None
         prices = master.prices()
         if best is not None and float(model.cost @ best) - bound <= TARGET_GAP * float(model.cost @ best):
             break
-    chosen = master.choose(time_limit_s=max(0.05, deadline - time.perf_counter()))
-    if chosen is None and best is None:
-        chosen = _repair(dec, last, prices)
-    if chosen is not None and (best is None or float(model.cost @ chosen) < float(model.cost @ best)):
-        best = chosen
+    # A feasible plan from the last priced plans (its plans, and each moved deployment's alternative, become
+    # columns too), then the best choice among all the columns within the time left.
+    repaired = _repair(dec, last, prices, master)
+    if repaired is not None:
+        master.add(repaired)
+    chosen, _ = master.choose(time_limit_s=max(_MIN_CHOICE_S, deadline - time.perf_counter()))
+    candidates = [c for c in (chosen, best, repaired) if c is not None]
+    if candidates:
+        best = min(candidates, key=lambda c: float(model.cost @ c))
     if best is not None:
         best = _improve(dec, best)
     return Decomposed(x=best, lower_bound=bound, rounds=rounds)
@@ -236,8 +242,9 @@ class _Master:
         prices: np.ndarray = np.maximum(0.0, -np.asarray(res.ineqlin.marginals, dtype=float))
         return prices
 
-    def choose(self, *, time_limit_s: float) -> np.ndarray | None:
-        """The cheapest choice of one column per deployment within the shared devices (HiGHS), or None."""
+    def choose(self, *, time_limit_s: float) -> tuple[np.ndarray | None, bool]:
+        """The cheapest choice of one column per deployment within the shared devices (HiGHS), or None; and
+        whether HiGHS proved it (within half the target gap)."""
         md = self.dec.model
         cost, devices, convex = self._arrays()
         res = milp(
@@ -245,14 +252,14 @@ class _Master:
             constraints=[LinearConstraint(devices, -np.inf, md.free), LinearConstraint(convex, 1, 1)],
             integrality=np.ones(len(cost)),
             bounds=Bounds(0, 1),
-            options={"time_limit": time_limit_s, "mip_rel_gap": 1e-6},
+            options={"time_limit": time_limit_s, "mip_rel_gap": TARGET_GAP / 2},
         )
         if res.x is None:
-            return None
+            return None, False
         x = np.zeros(md.n, dtype=np.int64)
         for k in np.flatnonzero(np.rint(res.x) > 0):
             x[self.dec.columns[self.owner[k]]] = self.plans[k]
-        return x
+        return x, res.status == 0
 
 
 def _incumbent(
@@ -278,7 +285,7 @@ def _fits(dec: Decomposition, x: np.ndarray) -> bool:
     return all(sub.feasible(xi) for sub, xi in zip(dec.subs, _split(dec, x), strict=True) if xi is not None)
 
 
-def _repair(dec: Decomposition, x: np.ndarray, prices: np.ndarray) -> np.ndarray | None:
+def _repair(dec: Decomposition, x: np.ndarray, prices: np.ndarray, master: _Master) -> np.ndarray | None:
     """A feasible plan close to the priced plans ``x``: move the cheapest-to-move deployments off full pools."""
     md = dec.model
     over = dec.usage(x) > md.free + 1e-9
@@ -288,6 +295,12 @@ def _repair(dec: Decomposition, x: np.ndarray, prices: np.ndarray) -> np.ndarray
         banned = md.upper.copy()
         banned[over[md.pool_of]] = 0
         moved = dec.solve_each(prices=prices, upper=banned, only=users)
+        alternative = x.copy()
+        for i in users:
+            plan = moved[i][0]
+            if plan is not None:
+                alternative[dec.columns[i]] = plan
+        master.add(alternative)
         loss: list[tuple[float, int]] = []
         for i in users:
             cols = dec.columns[i]
@@ -310,13 +323,18 @@ def _repair(dec: Decomposition, x: np.ndarray, prices: np.ndarray) -> np.ndarray
 
 
 def _improve(dec: Decomposition, x: np.ndarray) -> np.ndarray:
-    """Each deployment re-solved at its real cost on what the others leave: never worse, often better."""
+    """Each deployment re-solved at its real cost on what the others leave: never worse, often better.
+
+    Only deployments with room for another replica on one of their pools are re-solved: without it, the plan can
+    only shuffle its own devices, and a plan chosen by price is already minimal on them."""
     md = dec.model
     x = x.copy()
     order = sorted(range(md.m), key=lambda i: -float(md.cost[dec.columns[i]] @ x[dec.columns[i]]))
     used = dec.usage(x)
     for i in order:
         cols = dec.columns[i]
+        if md.pools and not (md.free[md.pool_of[cols]] - used[md.pool_of[cols]] >= md.devices[cols]).any():
+            continue
         mine = tuple(int(v) for v in x[cols])
         plan = dec.solve_each(upper=dec.residual_upper(x, i, used), only=[i], incumbents={i: mine})[i][0]
         if plan is not None and plan != mine:

@@ -111,14 +111,23 @@ class _Search:
         for k in range(n - 1, -1, -1):
             self.reach[k] = self.reach[k + 1] + self.upper[k] * self.cap[k]
             self.reach_od[k] = self.reach_od[k + 1] + (self.upper[k] * self.cap[k] if self.od[k] else 0.0)
-        self.cheapest = [sorted((self.cost[j], self.upper[j]) for j in range(k, n)) for k in range(n + 1)]
-        self.largest = [sorted(((self.cap[j], self.upper[j]) for j in range(k, n)), reverse=True) for k in range(n + 1)]
-        self.by_price = [sorted(range(k, n), key=lambda j: self.price[j] / self.cap[j]) for k in range(n + 1)]
+        # Built only for the rows that exist (most deployments have no minimum, maximum or budget).
+        self.cheapest: list[list[tuple[float, int]]] = []
+        self.largest: list[list[tuple[float, int]]] = []
+        self.by_price: list[list[int]] = []
+        if sub.min_replicas > 0:
+            self.cheapest = [sorted((self.cost[j], self.upper[j]) for j in range(k, n)) for k in range(n + 1)]
+        if sub.max_replicas is not None:
+            self.largest = [
+                sorted(((self.cap[j], self.upper[j]) for j in range(k, n)), reverse=True) for k in range(n + 1)
+            ]
+        if sub.budget is not None:
+            self.by_price = [sorted(range(k, n), key=lambda j: self.price[j] / self.cap[j]) for k in range(n + 1)]
+        self.beat = math.inf
 
     def run(self, incumbent: tuple[int, ...] | None) -> ExactResult:
         if incumbent is not None and self.sub.feasible(incumbent):
-            self.best = self.sub.objective(incumbent)
-            self.best_x = [incumbent[j] for j in self.order]
+            self._record(self.sub.objective(incumbent), [incumbent[j] for j in self.order])
         aborted = not self._descend(0, 0.0, 0.0, 0, 0.0, 0.0)
         if self.best_x is None:
             return ExactResult(x=None, objective=math.inf, proven=not aborted, nodes=self.nodes)
@@ -137,11 +146,10 @@ class _Search:
         need_od = sub.on_demand_demand - od
         need_count = sub.min_replicas - count
         if need <= CAPACITY_TOLERANCE and need_od <= CAPACITY_TOLERANCE and need_count <= 0:
-            if cost < self._beat():
-                self.best = cost
-                self.best_x = self.x.copy()
+            if cost < self.beat:
+                self._record(cost, self.x.copy())
             return True
-        if k == self.n or cost + self._bound(k, need, need_od, need_count) >= self._beat():
+        if k == self.n or cost + self._bound(k, need, need_od, need_count) >= self.beat:
             return True
         if not self._reachable(k, need, need_od, count, price):
             return True
@@ -170,9 +178,10 @@ class _Search:
         self.x[k] = 0
         return True
 
-    def _beat(self) -> float:
-        """A plan must cost less than this to replace the incumbent."""
-        return self.best if math.isinf(self.best) else self.best - _CUT_TOLERANCE * max(1.0, abs(self.best))
+    def _record(self, objective: float, x: list[int]) -> None:
+        """A new incumbent; ``beat`` is what a plan must cost less than to replace it."""
+        self.best, self.best_x = objective, x
+        self.beat = objective - _CUT_TOLERANCE * max(1.0, abs(objective))
 
     def _bound(self, k: int, need: float, need_od: float, need_count: int) -> float:
         bound = self._cover(k, need, need_od)
