@@ -95,13 +95,13 @@ def place_fleet(
         gap = 0.0 if solver in ("exact", "milp", "none") else _gap(cost, lower)
         if solver == "milp-best-effort" and math.isfinite(bound):
             gap = 0.0  # the least shortfall and, with it, the least cost, both proven
-        for i, req in enumerate(reqs):
-            replicas: dict[str, int] = {}
-            for k, var in enumerate(variables):
-                if var.request == i and x[k] > 0:
-                    replicas[var.offer.pool] = int(x[k])
-                    used = int(x[k]) * var.offer.devices_per_replica
-                    devices_used[var.offer.pool] = devices_used.get(var.offer.pool, 0) + used
+        chosen: list[dict[str, int]] = [{} for _ in reqs]
+        for k in np.flatnonzero(x > 0):
+            var = variables[k]
+            chosen[var.request][var.offer.pool] = int(x[k])
+            used = int(x[k]) * var.offer.devices_per_replica
+            devices_used[var.offer.pool] = devices_used.get(var.offer.pool, 0) + used
+        for req, replicas in zip(reqs, chosen, strict=True):
             plans[req.deployment] = _describe(req, replicas, solver, gap)
     plans = {name: plans[name] for name in names}
     total = sum(p.cost_per_hour for p in plans.values())

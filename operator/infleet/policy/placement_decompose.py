@@ -169,13 +169,17 @@ def decompose(model: FleetModel, *, deadline: float, previous: np.ndarray | None
         prices = master.prices()
         if best is not None and float(model.cost @ best) - bound <= TARGET_GAP * float(model.cost @ best):
             break
-    # A feasible plan from the last priced plans (its plans, and each moved deployment's alternative, become
-    # columns too), then the best choice among all the columns within the time left.
-    repaired = _repair(dec, last, prices, master)
-    if repaired is not None:
-        master.add(repaired)
-    chosen, _ = master.choose(time_limit_s=max(_MIN_CHOICE_S, deadline - time.perf_counter()))
-    candidates = [c for c in (chosen, best, repaired) if c is not None]
+    # Each deployment on an oversubscribed pool also gets its best plan off those pools as a column; HiGHS then
+    # chooses among all the columns. If that is not proven within its time, the priced plans are repaired into a
+    # feasible plan too, and the cheaper wins.
+    moved = _moved_off_full_pools(dec, last, prices)
+    master.add(_with(dec, last, moved))
+    chosen, proven = master.choose(time_limit_s=max(_MIN_CHOICE_S, deadline - time.perf_counter()))
+    candidates = [c for c in (chosen, best) if c is not None]
+    if not proven or chosen is None:
+        repaired = _repair(dec, last, prices, moved)
+        if repaired is not None:
+            candidates.append(repaired)
     if candidates:
         best = min(candidates, key=lambda c: float(model.cost @ c))
     if best is not None:
@@ -285,41 +289,59 @@ def _fits(dec: Decomposition, x: np.ndarray) -> bool:
     return all(sub.feasible(xi) for sub, xi in zip(dec.subs, _split(dec, x), strict=True) if xi is not None)
 
 
-def _repair(dec: Decomposition, x: np.ndarray, prices: np.ndarray, master: _Master) -> np.ndarray | None:
-    """A feasible plan close to the priced plans ``x``: move the cheapest-to-move deployments off full pools."""
+def _moved_off_full_pools(
+    dec: Decomposition, x: np.ndarray, prices: np.ndarray
+) -> dict[int, tuple[tuple[int, ...] | None, float]]:
+    """For each deployment using a pool that ``x`` oversubscribes: its best priced plan without those pools."""
+    md = dec.model
+    over = dec.usage(x) > md.free + 1e-9
+    if not over.any():
+        return {}
+    users = [i for i, cols in enumerate(dec.columns) if (x[cols] * over[md.pool_of[cols]]).any()]
+    banned = md.upper.copy()
+    banned[over[md.pool_of]] = 0
+    return dec.solve_each(prices=prices, upper=banned, only=users)
+
+
+def _with(dec: Decomposition, x: np.ndarray, plans: dict[int, tuple[tuple[int, ...] | None, float]]) -> np.ndarray:
+    """``x`` with the given deployments' plans swapped in (where they have one)."""
+    out = x.copy()
+    for i, (plan, _) in plans.items():
+        if plan is not None:
+            out[dec.columns[i]] = plan
+    return out
+
+
+def _repair(
+    dec: Decomposition,
+    x: np.ndarray,
+    prices: np.ndarray,
+    moved: dict[int, tuple[tuple[int, ...] | None, float]],
+) -> np.ndarray | None:
+    """A feasible plan close to the priced plans ``x``: the deployments that lose least per device freed (by
+    ``moved``, their plans off the full pools) leave, then each is re-solved on what the others left."""
     md = dec.model
     over = dec.usage(x) > md.free + 1e-9
     x = x.copy()
-    if over.any():
-        users = [i for i, cols in enumerate(dec.columns) if (x[cols] * over[md.pool_of[cols]]).any()]
-        banned = md.upper.copy()
-        banned[over[md.pool_of]] = 0
-        moved = dec.solve_each(prices=prices, upper=banned, only=users)
-        alternative = x.copy()
-        for i in users:
-            plan = moved[i][0]
-            if plan is not None:
-                alternative[dec.columns[i]] = plan
-        master.add(alternative)
-        loss: list[tuple[float, int]] = []
-        for i in users:
-            cols = dec.columns[i]
-            freed = float((md.devices[cols] * x[cols] * over[md.pool_of[cols]]).sum())
-            here = float((md.cost[cols] + prices[md.pool_of[cols]] * md.devices[cols]) @ x[cols])
-            loss.append(((moved[i][1] - here) / freed, i))
-        loss.sort()
-        rejected: list[int] = []
-        for _, i in loss:
-            if not (dec.usage(x) > md.free + 1e-9).any():
-                break
-            x[dec.columns[i]] = 0
-            rejected.append(i)
-        for i in rejected:
-            plan = dec.solve_each(prices=prices, upper=dec.residual_upper(x, i), only=[i])[i][0]
-            if plan is None:
-                return None
-            x[dec.columns[i]] = plan
-    return _improve(dec, x)
+    loss: list[tuple[float, int]] = []
+    for i, (_, alternative) in moved.items():
+        cols = dec.columns[i]
+        freed = float((md.devices[cols] * x[cols] * over[md.pool_of[cols]]).sum())
+        here = float((md.cost[cols] + prices[md.pool_of[cols]] * md.devices[cols]) @ x[cols])
+        loss.append(((alternative - here) / freed, i))
+    loss.sort()
+    rejected: list[int] = []
+    for _, i in loss:
+        if not (dec.usage(x) > md.free + 1e-9).any():
+            break
+        x[dec.columns[i]] = 0
+        rejected.append(i)
+    for i in rejected:
+        plan = dec.solve_each(prices=prices, upper=dec.residual_upper(x, i), only=[i])[i][0]
+        if plan is None:
+            return None
+        x[dec.columns[i]] = plan
+    return x if _fits(dec, x) else None
 
 
 def _improve(dec: Decomposition, x: np.ndarray) -> np.ndarray:

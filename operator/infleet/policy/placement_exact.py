@@ -98,6 +98,10 @@ class _Search:
         self.cap = [sub.capacity[j] for j in o]
         self.od = [sub.on_demand[j] for j in o]
         self.upper = [sub.upper[j] for j in o]
+        self.room = [u * a for u, a in zip(self.upper, self.cap, strict=True)]
+        self.ratio = [c / a for c, a in zip(self.cost, self.cap, strict=True)]
+        self.demand, self.od_demand = sub.demand, sub.on_demand_demand
+        self.min_replicas, self.max_replicas, self.budget = sub.min_replicas, sub.max_replicas, sub.budget
         self.n = n
         self.node_limit = node_limit
         self.nodes = 0
@@ -141,10 +145,9 @@ class _Search:
         self.nodes += 1
         if self.nodes > self.node_limit:
             return False
-        sub = self.sub
-        need = sub.demand - cap
-        need_od = sub.on_demand_demand - od
-        need_count = sub.min_replicas - count
+        need = self.demand - cap
+        need_od = self.od_demand - od
+        need_count = self.min_replicas - count
         if need <= CAPACITY_TOLERANCE and need_od <= CAPACITY_TOLERANCE and need_count <= 0:
             if cost < self.beat:
                 self._record(cost, self.x.copy())
@@ -154,23 +157,35 @@ class _Search:
         if not self._reachable(k, need, need_od, count, price):
             return True
         a = self.cap[k]
+        is_od = self.od[k]
         useful = max(need_count, math.ceil((need - CAPACITY_TOLERANCE) / a))
-        if self.od[k]:
+        if is_od:
             useful = max(useful, math.ceil((need_od - CAPACITY_TOLERANCE) / a))
         hi = min(self.upper[k], max(0, useful))
-        if sub.max_replicas is not None:
-            hi = min(hi, sub.max_replicas - count)
-        if sub.budget is not None and self.price[k] > 0:
-            hi = min(hi, math.floor((sub.budget - price + 1e-9) / self.price[k]))
+        if self.max_replicas is not None:
+            hi = min(hi, self.max_replicas - count)
+        if self.budget is not None and self.price[k] > 0:
+            hi = min(hi, math.floor((self.budget - price + 1e-9) / self.price[k]))
+        c = self.cost[k]
         for v in range(max(0, hi), -1, -1):
+            child_need = need - v * a
+            child_od = need_od - v * a if is_od else need_od
+            # Variable k has the cheapest capacity left, so with fewer of it the bound can only rise, as long as
+            # v does not over-cover a row, no minimum count is pending (its bound is per replica, not per
+            # capacity), and k is on-demand or no on-demand share is pending (else the on-demand capacity the
+            # share forces may cover the demand anyway, and a spot replica less is a saving): once such a child
+            # is cut, so are all smaller ones.
+            if (
+                need_count <= 0
+                and (is_od or need_od <= CAPACITY_TOLERANCE)
+                and child_need >= -CAPACITY_TOLERANCE
+                and (not is_od or child_od >= -CAPACITY_TOLERANCE)
+                and cost + v * c + self._cover(k + 1, child_need, child_od) >= self.beat
+            ):
+                break
             self.x[k] = v
             ok = self._descend(
-                k + 1,
-                cap + v * a,
-                od + (v * a if self.od[k] else 0.0),
-                count + v,
-                cost + v * self.cost[k],
-                price + v * self.price[k],
+                k + 1, cap + v * a, od + (v * a if is_od else 0.0), count + v, cost + v * c, price + v * self.price[k]
             )
             if not ok:
                 self.x[k] = 0
@@ -202,26 +217,34 @@ class _Search:
         The cheapest on-demand capacity first covers the on-demand need; the rest of the need then takes the
         cheapest capacity left of any kind. Both are fractional knapsacks in cost-per-capacity order, which is
         the order of the variables."""
+        room, ratio, n = self.room, self.ratio, self.n
         total = 0.0
+        if need_od <= CAPACITY_TOLERANCE:
+            if need <= CAPACITY_TOLERANCE:
+                return 0.0
+            for j in range(k, n):
+                if need <= room[j]:
+                    return total + need * ratio[j]
+                total += room[j] * ratio[j]
+                need -= room[j]
+            return math.inf
         used: list[float] = []
-        if need_od > CAPACITY_TOLERANCE:
-            left = need_od
-            for j in range(k, self.n):
-                take = min(left, self.upper[j] * self.cap[j]) if self.od[j] else 0.0
-                used.append(take)
-                total += take * self.cost[j] / self.cap[j]
-                left -= take
-                if left <= CAPACITY_TOLERANCE:
-                    break
-            else:
-                return math.inf
-            need -= need_od - max(left, 0.0)
+        left = need_od
+        for j in range(k, n):
+            take = min(left, room[j]) if self.od[j] else 0.0
+            used.append(take)
+            total += take * ratio[j]
+            left -= take
+            if left <= CAPACITY_TOLERANCE:
+                break
+        else:
+            return math.inf
+        need -= need_od - max(left, 0.0)
         if need <= CAPACITY_TOLERANCE:
             return total
-        for pos, j in enumerate(range(k, self.n)):
-            room = self.upper[j] * self.cap[j] - (used[pos] if pos < len(used) else 0.0)
-            take = min(need, room)
-            total += take * self.cost[j] / self.cap[j]
+        for pos, j in enumerate(range(k, n)):
+            take = min(need, room[j] - (used[pos] if pos < len(used) else 0.0))
+            total += take * ratio[j]
             need -= take
             if need <= CAPACITY_TOLERANCE:
                 return total

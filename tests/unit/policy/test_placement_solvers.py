@@ -138,3 +138,36 @@ def test_exact_search_reports_its_node_limit() -> None:
     assert full.x is not None
     assert sub.feasible(full.x)
     assert solve_exact(sub, incumbent=full.x).objective == pytest.approx(full.objective)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 100_000), st.sampled_from([0.0, 0.5, 1.0]), st.integers(0, 3), st.booleans())
+def test_exact_search_matches_highs_on_twelve_pools(seed: int, spot: float, minimum: int, capped: bool) -> None:
+    rng = random.Random(seed)
+    offers = tuple(
+        offer(
+            f"p{j}",
+            rng.uniform(0.2, 7.0),
+            rng.uniform(0.5, 20.0),
+            capacity_type="spot" if j % 2 else "on-demand",
+            devices_per_replica=rng.choice([1, 2, 4]),
+            free_devices=rng.randint(0, 200),
+        )
+        for j in range(12)
+    )
+    req = PlacementRequest(
+        "d",
+        rng.uniform(0, 60),
+        10.0,
+        offers,
+        max_spot_fraction=spot,
+        min_replicas=minimum,
+        max_replicas=rng.randint(minimum, 40) if capped else None,
+        budget_per_hour=rng.uniform(5, 80) if capped else None,
+    )
+    ours = place(req)
+    highs = place_fleet([req], method="joint", time_limit_s=30).plans["d"]
+    assert ours.solver in ("exact", "milp-best-effort")
+    assert ours.status == highs.status
+    if highs.solver == "milp":
+        assert ours.cost_per_hour == pytest.approx(highs.cost_per_hour, rel=1e-6, abs=1e-9)
