@@ -171,3 +171,23 @@ def test_exact_search_matches_highs_on_twelve_pools(seed: int, spot: float, mini
     assert ours.status == highs.status
     if highs.solver == "milp":
         assert ours.cost_per_hour == pytest.approx(highs.cost_per_hour, rel=1e-6, abs=1e-9)
+
+
+def test_a_fleet_keeps_its_previous_plan_when_nothing_is_cheaper() -> None:
+    offers = (offer("cheap", 1.0, 1.0), offer("dear", 3.0, 1.0))
+    reqs = [PlacementRequest(f"d{i}", 3.0, 16.0, offers) for i in range(3)]
+    shared = {"cheap": 4, "dear": 64}
+    optimum = place_fleet(reqs, shared_free_devices=shared, method="joint")
+    previous = {name: dict(p.replicas) for name, p in optimum.plans.items()}
+    kept = place_fleet(reqs, shared_free_devices=shared, previous=previous)
+    assert {p.solver for p in kept.plans.values()} == {"previous"}
+    assert {n: dict(p.replicas) for n, p in kept.plans.items()} == previous
+    assert kept.lower_bound_per_hour <= kept.cost_per_hour
+
+
+def test_best_effort_is_proven_and_says_so() -> None:
+    offers = (offer("a", 1.0, 1.0, max_replicas=3), offer("b", 2.0, 1.0, free_devices=2))
+    plan = place(PlacementRequest("d", 10.0, 16.0, offers))
+    assert plan.solver == "milp-best-effort"
+    assert plan.status == "insufficient_capacity"
+    assert plan.mip_gap == 0.0
