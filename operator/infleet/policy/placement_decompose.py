@@ -331,16 +331,21 @@ def _repair(
         loss.append(((alternative - here) / freed, i))
     loss.sort()
     rejected: list[int] = []
+    used = dec.usage(x)
     for _, i in loss:
-        if not (dec.usage(x) > md.free + 1e-9).any():
+        if not (used > md.free + 1e-9).any():
             break
-        x[dec.columns[i]] = 0
+        cols = dec.columns[i]
+        used -= np.bincount(md.pool_of[cols], weights=md.devices[cols] * x[cols], minlength=len(md.pools))
+        x[cols] = 0
         rejected.append(i)
     for i in rejected:
-        plan = dec.solve_each(prices=prices, upper=dec.residual_upper(x, i), only=[i])[i][0]
+        cols = dec.columns[i]
+        plan = dec.solve_each(prices=prices, upper=dec.residual_upper(x, i, used), only=[i])[i][0]
         if plan is None:
             return None
-        x[dec.columns[i]] = plan
+        x[cols] = plan
+        used += np.bincount(md.pool_of[cols], weights=md.devices[cols] * x[cols], minlength=len(md.pools))
     return x if _fits(dec, x) else None
 
 
