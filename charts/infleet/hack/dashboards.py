@@ -18,6 +18,10 @@ OUT = Path(__file__).resolve().parent.parent / "dashboards"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'namespace="$namespace", deployment="$deployment"'
 RI = "$__rate_interval"
+# The operator's unit metrics (labels namespace, deployment, pool, family, source="measured|estimated").
+ENERGY_PER_MTOK = "infleet_deployment_energy_wh_per_million_tokens"
+COST_PER_MTOK = "infleet_deployment_cost_usd_per_million_tokens"
+UNIT_METRICS = ((ENERGY_PER_MTOK, "Energy", "watth"), (COST_PER_MTOK, "Cost", "currencyUSD"))
 
 
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> dict[str, Any]:
@@ -160,6 +164,20 @@ def fleet() -> dict[str, Any]:
                    [target("sum by (namespace, deployment) (infleet_deployment_cost_per_hour_usd)\n/ on (namespace, "
                            "deployment)\n(sum by (namespace, deployment) (rate(infleet_worker_generation_tokens_total"
                            f"[{RI}])) * 3600 / 1e6 > 0)", "{{namespace}}/{{deployment}}")], "currencyUSD"), 12, 8)
+    lay.row("Energy and cost per million tokens")
+    for metric, what, unit in UNIT_METRICS:
+        lay.add(series(f"{what} per million tokens by deployment and pool",
+                       f"The operator's {what.lower()} per million generated tokens of each deployment on each "
+                       "pool: measured where the workers report energy, otherwise estimated from the pool's power "
+                       "and utilisation (the legend says which).",
+                       [target(f"sum by (namespace, deployment, pool, source) ({metric})",
+                               "{{namespace}}/{{deployment}} on {{pool}} ({{source}})")], unit), 12, 8)
+    for metric, what, unit in UNIT_METRICS:
+        lay.add(series(f"{what} per million tokens by accelerator family",
+                       f"Mean {what.lower()} per million tokens over the deployments and pools of each accelerator "
+                       "family (NVIDIA GPU, Neuron, TPU, CPU), unweighted by their tokens; measured and estimated "
+                       "apart.",
+                       [target(f"avg by (family, source) ({metric})", "{{family}} ({{source}})")], unit), 12, 8)
     lay.row("Traffic")
     lay.add(series("Requests per second by deployment", "Finished requests, all statuses.",
                    [target("sum by (namespace, deployment) (rate(infleet_worker_requests_total"
@@ -237,6 +255,13 @@ def deployment() -> dict[str, Any]:
     lay.add(series("KV-cache usage by pod", "Share of KV-cache blocks in use.",
                    [target(f"max by (pod) (infleet_worker_kv_cache_usage_perc{{{SEL}}})", "{{pod}}")],
                    "percentunit"), 12, 8)
+    lay.row("Energy and cost per million tokens")
+    for metric, what, unit in UNIT_METRICS:
+        lay.add(series(f"{what} per million tokens by pool",
+                       f"This deployment's {what.lower()} per million generated tokens on each pool, measured "
+                       "where its workers report energy, otherwise estimated (the legend says which).",
+                       [target(f"sum by (pool, family, source) ({metric}{{{SEL}}})",
+                               "{{pool}} ({{family}}, {{source}})")], unit), 12, 8)
     return dashboard("infleet-deployment-slo", "infleet / Deployment SLO",
                      "One InferenceDeployment against its SLO: latency and TTFT vs target, error budget and burn "
                      "rate, queue depth, scaling.", lay, per_deployment=True)

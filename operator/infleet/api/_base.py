@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, model_validator
 
 # Words that keep a fixed spelling in JSON names, so units read as units: `maxHourlyCostUSD`, `memoryGiB`.
-_FIXED_WORDS = {"usd": "USD", "gib": "GiB", "slo": "SLO", "id": "ID"}
+_FIXED_WORDS = {"usd": "USD", "gib": "GiB", "slo": "SLO", "id": "ID", "kwh": "KWh"}
 
 
 def to_kube_name(snake: str) -> str:

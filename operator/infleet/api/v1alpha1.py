@@ -44,6 +44,7 @@ MEMORY_OVERHEAD = 1.2
 Task = Literal["text-generation", "embedding", "classification"]
 CapacityType = Literal["on-demand", "spot"]
 SpotPolicy = Literal["Never", "Allowed", "Preferred"]
+PlacementObjective = Literal["Cost", "Energy", "Carbon"]
 ScalingMode = Literal["Auto", "External"]
 WarmPoolMode = Literal["Off", "Fixed", "Auto"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -331,6 +332,13 @@ class PlacementSpec(KubeModel):
         ge=0,
         description="How long a replica may stay unscheduled on a pool before infleet places it on the next one.",
     )
+    objective: PlacementObjective = Field(
+        default="Cost",
+        description="What placement minimises within the SLO and cost.maxHourlyCostUSD: Cost ($ per hour), Energy "
+        "(Wh per hour: devices x the pool's power.typicalWattsPerDevice) or Carbon (that energy x the pool's "
+        "power.gridCarbonGramsPerKWh). Ties go to the cheaper plan. Under Energy (Carbon) only pools that "
+        "declare those figures are used.",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -608,6 +616,36 @@ class AcceleratorSpec(KubeModel):
     )
 
 
+class PowerSpec(KubeModel):
+    """The devices' power draw, and the grid's carbon intensity, for energy estimates and energy-aware placement."""
+
+    typical_watts_per_device: float = Field(
+        gt=0,
+        le=100000,
+        description="Typical power of one device while serving, in watts (a CPU pool: one cpusPerDevice slice).",
+    )
+    max_watts_per_device: float | None = Field(
+        default=None,
+        gt=0,
+        le=100000,
+        description="Most power one device may draw (its TDP or board power limit), in watts.",
+    )
+    grid_carbon_grams_per_kwh: float | None = Field(
+        default=None,
+        ge=0,
+        le=5000,
+        description="Carbon intensity of the electricity the pool runs on, in grams of CO2-equivalent per kWh.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!has(self.maxWattsPerDevice) || double(self.maxWattsPerDevice) >= double(self.typicalWattsPerDevice)",
+            message="power.maxWattsPerDevice must be at least power.typicalWattsPerDevice",
+            check=lambda p: p.max_watts_per_device is None or p.max_watts_per_device >= p.typical_watts_per_device,
+        ),
+    )
+
+
 class PerformanceProfile(KubeModel):
     """Measured capacity of one replica on this pool for a model or model class."""
 
@@ -666,6 +704,11 @@ class AcceleratorPoolSpec(KubeModel):
     )
     performance_profiles: Annotated[list[PerformanceProfile], Field(max_length=64)] = Field(
         default_factory=list, description="Measured per-replica throughput for models or model classes."
+    )
+    power: PowerSpec | None = Field(
+        default=None,
+        description="Power per device (typical and maximum watts) and the grid's carbon intensity. Unset: the "
+        "pool's energy is unknown and placement.objective Energy or Carbon does not use it.",
     )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (

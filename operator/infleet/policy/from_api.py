@@ -24,9 +24,10 @@ from infleet.policy.capacity import (
     slo_seconds,
     tokens_to_requests,
 )
-from infleet.policy.types import PlacementRequest, PoolOffer
+from infleet.policy.types import PlacementObjective, PlacementRequest, PoolOffer
 
 MEMORY_UTILIZATION = 0.9
+OBJECTIVES: dict[str, PlacementObjective] = {"Cost": "cost", "Energy": "energy", "Carbon": "carbon"}
 # Devices assumed in a pool whose size is unknown (no maxDevices, no observed status).
 DEFAULT_POOL_DEVICES = 64
 
@@ -149,6 +150,7 @@ def build_request(
     offers = []
     for c in choices:
         name = c.pool.metadata.name or ""
+        power = c.pool.spec.power
         capacity_type = c.pool.spec.capacity_type
         rank = preference.get(name, len(preference))
         if spot == "Preferred" and capacity_type == "on-demand":
@@ -166,6 +168,8 @@ def build_request(
                 cold_start_s=float(c.pool.spec.cold_start_seconds),
                 preference=rank,
                 current_replicas=current.get(name, 0),
+                watts_per_device=None if power is None else power.typical_watts_per_device,
+                carbon_g_per_kwh=None if power is None else power.grid_carbon_grams_per_kwh,
             )
         )
     scaling = spec.scaling
@@ -185,6 +189,7 @@ def build_request(
         max_spot_fraction=max(0.0, max_spot),
         budget_per_hour=hourly_budget(infd, mix),
         memory_utilization=MEMORY_UTILIZATION,
+        objective=OBJECTIVES[spec.placement.objective],
     )
 
 

@@ -157,7 +157,7 @@ def decide(obs: Observation, state: LoopState, settings: LoopSettings = LoopSett
     external = infd.spec.scaling.replicas if infd.spec.scaling.mode == "External" else None
     request = build_request(infd, usable, free, current, external, mix)
     request = dataclasses.replace(request, offers=cap_saturated(request.offers, saturated, serving_pods))
-    plan = place(request) if usable else None
+    plan = place(request, previous=current) if usable else None
     if plan is None and current:
         plan = _keep_running(request, chosen, current)  # nothing meets the SLO: what runs stays, as a best effort
     rates = _rates(state.rates, obs.load)

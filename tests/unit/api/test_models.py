@@ -52,6 +52,7 @@ spec:
         ("p99_latency_ms", "p99LatencyMs"),
         ("ttft_p99_ms", "ttftP99Ms"),
         ("cold_start_seconds", "coldStartSeconds"),
+        ("grid_carbon_grams_per_kwh", "gridCarbonGramsPerKWh"),
         ("name", "name"),
     ],
 )

@@ -57,6 +57,7 @@ def deployments(draw: st.DrawFn) -> dict[str, Any]:
             "families": draw(_maybe(families)),
             "preference": draw(_maybe(pools)),
             "minOnDemandReplicas": draw(_maybe(small)),
+            "objective": draw(_maybe(st.sampled_from(["Cost", "Energy", "Carbon"]))),
         }
     )
     scaling = _drop_none(
@@ -101,7 +102,15 @@ def pools_(draw: st.DrawFn) -> dict[str, Any]:
             "value": draw(_maybe(st.just("present"))),
         }
     )
+    power = _drop_none(
+        {
+            "typicalWattsPerDevice": draw(st.sampled_from([50, 72])),
+            "maxWattsPerDevice": draw(_maybe(st.sampled_from([60, 72]))),
+            "gridCarbonGramsPerKWh": draw(_maybe(st.just(400))),
+        }
+    )
     spec = {
+        "power": draw(_maybe(st.just(power))),
         "nodeSelector": selector,
         "accelerator": accelerator,
         "capacityType": "spot",
@@ -109,6 +118,7 @@ def pools_(draw: st.DrawFn) -> dict[str, Any]:
         "performanceProfiles": [profile],
         "tolerations": [toleration],
     }
+    spec = _drop_none(spec)
     return {"apiVersion": "infleet.io/v1alpha1", "kind": "AcceleratorPool", "metadata": {"name": "p"}, "spec": spec}
 
 

@@ -15,7 +15,7 @@ from tests.unit.chart import grafana_schema
 from tests.unit.chart.chart_helpers import CHART, REPO
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
-PROMQL_FUNCS = {"sum", "rate", "increase", "histogram_quantile", "max", "count", "vector", "avg_over_time", "by",
+PROMQL_FUNCS = {"sum", "rate", "increase", "histogram_quantile", "max", "count", "vector", "avg_over_time", "avg", "by",
                 "on", "or", "and", "bool", "label_values", "without", "ignoring", "group_left"}
 
 
@@ -98,6 +98,34 @@ def test_metric_name_extraction_works() -> None:
     q = ('histogram_quantile(0.99, sum by (le) (rate(infleet_worker_request_latency_seconds_bucket'
          '{namespace="$namespace"}[$__rate_interval]))) / on (namespace) vector(1e6)')
     assert _metric_names(q) == {"infleet_worker_request_latency_seconds_bucket"}
+
+
+ENERGY = "infleet_deployment_energy_wh_per_million_tokens"
+COST_PER_MTOK = "infleet_deployment_cost_usd_per_million_tokens"
+
+
+@pytest.mark.parametrize(
+    ("stem", "groupings"),
+    [
+        ("fleet-overview", [("pool", "source"), ("family", "source")]),
+        ("deployment-slo", [("pool", "family", "source")]),
+    ],
+)
+def test_energy_and_unit_cost_are_plotted_per_pool_and_family(stem: str, groupings: list[tuple[str, ...]]) -> None:
+    d = load(CHART / "dashboards" / f"{stem}.json")
+    for metric, unit in ((ENERGY, "watth"), (COST_PER_MTOK, "currencyUSD")):
+        plotted = [p for p in panels(d) if any(metric in t["expr"] for t in p["targets"])]
+        assert plotted, f"{stem}: no panel plots {metric}"
+        assert all(p["fieldConfig"]["defaults"]["unit"] == unit for p in plotted)
+        for labels in groupings:
+            assert any(
+                all(re.search(rf"by \([^)]*\b{label}\b", t["expr"]) for label in labels)
+                and all(f"{{{{{label}}}}}" in t["legendFormat"] for label in labels)
+                for p in plotted
+                for t in p["targets"]
+            ), f"{stem}: {metric} is not grouped and labelled by {labels}"
+        if stem == "deployment-slo":
+            assert all('deployment="$deployment"' in t["expr"] for p in plotted for t in p["targets"])
 
 
 def test_recording_rule_names_match_slo_module() -> None:
