@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from infleet.sim.capacity import Mix, pool_capacity
+from infleet.sim import tracegen
+from infleet.sim.capacity import Mix, infeasible_message
 from infleet.sim.engine import SimResult, Simulation
 from infleet.sim.fleet import load_fleet, with_service_overrides
 from infleet.sim.oracle import oracle, work_bound
@@ -54,6 +55,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    tracegen.register(subparsers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,13 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if not len(trace):
         print("infleet simulate: no requests in the chosen window", file=sys.stderr)
         return 2
-    mix = Mix.of(trace)
-    if all(pool_capacity(fleet, p, mix) <= 0 for p in fleet.pools):
-        print(
-            f"infleet simulate: warning: no pool can meet {fleet.deployment.name}'s SLO for this trace's requests "
-            "under the service model (docs/simulator.md); every request will miss it",
-            file=sys.stderr,
-        )
+    problem = infeasible_message(fleet, Mix.of(trace))
+    if problem is not None:
+        print(f"infleet simulate: {problem}", file=sys.stderr)
+        return 2
     names = list(POLICIES) if args.compare else [args.policy]
     bound = oracle(fleet, trace)
     strict = work_bound(fleet, trace)
@@ -86,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
     results: list[SimResult] = []
     started = time.perf_counter()
     for name in names:
-        res = Simulation(fleet, trace, make(name)).run(progress=not args.quiet)
+        try:
+            res = Simulation(fleet, trace, make(name)).run(progress=not args.quiet)
+        except ValueError as exc:
+            print(f"infleet simulate: {name}: {exc}", file=sys.stderr)
+            return 2
         results.append(res)
         rows.append(summarize(res, trace, bound.cost_usd))
     elapsed = time.perf_counter() - started

@@ -38,7 +38,7 @@ from infleet.policy import (
     plan_warm_pool,
 )
 from infleet.policy.scaling import FleetScalingConfig, FleetScalingState, scale_step
-from infleet.sim.capacity import Mix, offers, pool_capacity, request
+from infleet.sim.capacity import Mix, infeasible_message, offers, pool_capacity, request
 from infleet.sim.engine import Observation, Target
 from infleet.sim.fleet import SimFleet, SimPool
 from infleet.sim.oracle import cheapest_single_pool, oracle
@@ -182,6 +182,8 @@ def _single(fleet: SimFleet, trace: Trace) -> _Single:
     pool = fleet.pool(name)
     mix = Mix.of(trace)
     cap = pool_capacity(fleet, pool, mix)
+    if cap <= 0:
+        raise ValueError(infeasible_message(fleet, mix) or f"pool {name} cannot meet the SLO for this trace")
     service = mix.mean_prompt / pool.service.prefill_tokens_per_s + mix.mean_gen * pool.service.tpot(
         pool.service.batch_limit(fleet.deployment.tpot_s, mix.mean_prompt + mix.mean_gen)
     )

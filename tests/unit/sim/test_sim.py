@@ -148,7 +148,7 @@ def test_warm_workers_are_promoted_before_cold_starts(fleet) -> None:  # type: i
 @pytest.mark.parametrize("policy", ["infleet", "hpa", "kpa", "static-peak"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_no_policy_that_serves_everything_costs_less_than_the_work_bound(fleet, policy: str, seed: int) -> None:  # type: ignore[no-untyped-def]
-    trace = synthetic_trace([(120, 1.0), (60, 25.0), (120, 4.0)], seed=seed, prompt=1500, gen=200)
+    trace = synthetic_trace([(120, 1.0), (60, 25.0), (120, 4.0)], seed=seed, prompt=1200, gen=200)
     res = Simulation(fleet, trace, make(policy)).run()
     strict = work_bound(fleet, trace)
     assert strict > 0
@@ -180,3 +180,17 @@ def test_a_declared_throughput_sizes_every_policys_starting_fleet(tmp_path: Path
     busy = sum(make(policy).start(busy_fleet, quiet).serving.values())
     assert plain == 1  # the first minute's 0.5 req/s, within minReplicas 1
     assert busy > plain  # 40 req/s declared: more than one H100's 7.8
+
+
+def test_an_slo_no_pool_can_meet_is_a_clear_error_naming_slo_pools_and_why(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from infleet.cli import main
+    from infleet.sim.tracegen import TraceShape, generate, write_csv
+
+    trace = tmp_path / "long.csv"
+    write_csv(generate(TraceShape(shape="long-context", duration_s=600, rate_rps=2, long_share=1.0)), trace)
+    for policy in ("infleet", "hpa"):
+        rc = main(["simulate", "--trace", str(trace), "--policy", policy, "--out", str(tmp_path), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert "TTFT 300 ms" in err and "h100-spot" in err and "cpu-spot" in err
+        assert "prefill of the 99th-percentile prompt" in err and "Traceback" not in err
