@@ -45,10 +45,11 @@ KV_BYTES_PER_TOKEN_PER_BILLION = 16384.0  # Llama-3-8B: 128 KiB per token for 8B
 ATTENTION_FLOPS_PER_PAIR_PER_BILLION = 65536.0
 MEAN_SEQUENCE_TOKENS = 1400.0  # planning only: KV read per running sequence, the Azure conv trace's mean length
 CONTEXT_WINDOW_TOKENS = 131072  # Llama 3.1's context window; a server rejects longer requests
-# Step token budget (prefill chunk + decode tokens): assumed 2048, vLLM's chunked-prefill budget for online
-# serving on most GPUs (its engine arguments, max_num_batched_tokens); the worker's CPU default is 512.
-STEP_TOKENS = 2048
-CPU_STEP_TOKENS = 512
+# Step token budget (prefill chunk + decode tokens): 512, the worker's default (max_num_batched_tokens). Larger
+# budgets prefill no faster once a step is compute-bound (an H100 step of an 8B model is from about 200 tokens) but
+# stretch every decode step that shares it: with 2048, an H100's co-scheduled decode tokens take 83 ms, twice a
+# 40 ms TPOT target (vLLM's tuning guide gives the same trade-off for its max_num_batched_tokens).
+STEP_TOKENS = 512
 CPU_STEP_OVERHEAD_S = 1.4e-3  # the worker's measured batch-1 CPU step on a model of negligible compute
 
 
@@ -264,7 +265,7 @@ def roofline(device: DeviceFigures, devices: int, parameters_billions: float, de
         kv_tokens=max(0.0, free / kv_per_token),
         attention_pair_s=ATTENTION_FLOPS_PER_PAIR_PER_BILLION * parameters_billions / flops,
         kv_read_s_per_token=kv_per_token / bandwidth,
-        step_tokens=CPU_STEP_TOKENS if cpu else STEP_TOKENS,
+        step_tokens=STEP_TOKENS,
         step_overhead_s=CPU_STEP_OVERHEAD_S if cpu else 0.0,
         busy_watts=device.busy_watts * devices,
         idle_watts=device.idle_watts * devices,

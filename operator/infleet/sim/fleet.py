@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from infleet.api import AcceleratorPool, InferenceDeployment, load_manifests
-from infleet.policy.types import CapacityType
 from infleet.policy.service import DEVICES, ServiceModel, device_key, roofline
+from infleet.policy.types import CapacityType
 
 # An AcceleratorPool does not say how many nodes it has (its status does, at run time); the simulator assumes
 # this many devices per pool unless the pool sets maxDevices.

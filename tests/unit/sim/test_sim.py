@@ -148,7 +148,7 @@ def test_warm_workers_are_promoted_before_cold_starts(fleet) -> None:  # type: i
 @pytest.mark.parametrize("policy", ["infleet", "hpa", "kpa", "static-peak"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_no_policy_that_serves_everything_costs_less_than_the_work_bound(fleet, policy: str, seed: int) -> None:  # type: ignore[no-untyped-def]
-    trace = synthetic_trace([(120, 1.0), (60, 25.0), (120, 4.0)], seed=seed, prompt=1200, gen=200)
+    trace = synthetic_trace([(120, 1.0), (60, 8.0), (120, 3.0)], seed=seed, prompt=1200, gen=200)
     res = Simulation(fleet, trace, make(policy)).run()
     strict = work_bound(fleet, trace)
     assert strict > 0
