@@ -71,6 +71,7 @@ class Observation:
 class Target:
     serving: dict[str, int]
     warm: dict[str, int] = field(default_factory=dict)
+    max_ongoing: int | None = None  # requests a replica may hold at once (Ray Serve's max_ongoing_requests)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,11 @@ class Faults:
     metrics_delay_s: float = 0.0  # age of what a decision sees: scrape interval plus pipeline
     decision_delay_s: float = 0.0  # from a decision until the cluster acts on it
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("spot_reclaims_per_hour", "spot_notice_s", "cold_start_cv", "metrics_delay_s", "decision_delay_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
 
 
 class Controller(Protocol):
@@ -156,6 +162,7 @@ class Simulation:
         self._ready_cache: list[Replica] | None = None
         self.timeline: list[dict[str, object]] = []
         self.pending: dict[int, Target] = {}
+        self.max_ongoing: float = math.inf
         self.snapshots: deque[Observation] = deque()
         # The longest request any pool can hold: longer ones are refused on arrival.
         self.max_tokens = max((min(p.service.context_tokens, p.service.kv_tokens) for p in fleet.pools), default=0.0)
@@ -213,6 +220,7 @@ class Simulation:
         return out
 
     def _apply(self, target: Target, now: float, *, instant: bool = False) -> None:
+        self.max_ongoing = math.inf if target.max_ongoing is None else target.max_ongoing
         for pool in self.fleet.pools:
             mine = [r for r in self.replicas if r.pool is pool and r.state in ("starting", "ready")]
             serving = [r for r in mine if r.role == "serving"]
@@ -301,7 +309,7 @@ class Simulation:
             best: Replica | None = None
             best_t = math.inf
             for r in self._ready_serving():
-                if not r.fits(need):
+                if not r.fits(need) or r.held >= self.max_ongoing:
                     continue
                 est = (r.waiting_tokens + p) / r.svc.prefill_tokens_per_s + 1e-6 * r.held
                 if est < best_t:

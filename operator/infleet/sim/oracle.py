@@ -1,15 +1,11 @@
-"""Oracle lower bound on cost: perfect knowledge of the future and instant, free scaling.
+"""Minute-by-minute provisioning plans, and the strict work bound on cost.
 
-For each minute of the trace it places exactly the capacity that minute's requests need (their count over 60 s,
-at their own mean lengths) with the same exact placement the operator uses, and pays only for that minute. No
-real policy can do better under the same service model: it would need to know the load before it arrives and to
-start replicas in zero time. Minute bins average out sub-minute bursts, which makes the bound lower still.
-
-It is a *provisioning* bound, not a strict one: each minute is given the capacity that keeps that minute's
-requests within the SLO at a planning utilisation (85%, and the M/G/1 cap on prefill), so a policy that runs its
-replicas hotter and queues can cost less (the baselines near 98-99% attainment on the conversation trace do).
-:func:`work_bound` is the strict one: the device time the requests' work needs at 100% utilisation on the
-cheapest pool for each kind of work; no schedule that serves every request in the simulator can cost less.
+:func:`minute_plan` is *not* a bound (it used to be called the oracle): for each minute it places, with the same
+exact placement the operator uses, the capacity that minute's mean load needs at the planning utilisation, and
+pays only for that minute. Replaying such a plan misses the SLO on bursty traces (minute means hide second-scale
+bursts) and a fixed fleet chosen with hindsight can cost less. The baselines use it to pick their single pool and
+``static-peak`` its peak. The yardsticks an online policy is judged against are in :mod:`infleet.sim.yardsticks`;
+:func:`work_bound` is the strict lower bound.
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ BIN_S = 60.0
 
 
 @dataclass(frozen=True)
-class OracleResult:
+class MinutePlan:
     cost_usd: float
     replicas: list[dict[str, int]]  # per bin
     infeasible_bins: int
@@ -51,7 +47,7 @@ def _bins(trace: Trace) -> list[tuple[float, Mix]]:
     return out
 
 
-def oracle(fleet: SimFleet, trace: Trace, pools: tuple[str, ...] | None = None) -> OracleResult:
+def minute_plan(fleet: SimFleet, trace: Trace, pools: tuple[str, ...] | None = None) -> MinutePlan:
     """The cheapest placement minute by minute (optionally restricted to ``pools``)."""
     total = 0.0
     plans: list[dict[str, int]] = []
@@ -77,7 +73,7 @@ def oracle(fleet: SimFleet, trace: Trace, pools: tuple[str, ...] | None = None) 
             bad += 1
         plans.append(dict(plan.replicas))
         total += plan.cost_per_hour * BIN_S / 3600
-    return OracleResult(cost_usd=total, replicas=plans, infeasible_bins=bad)
+    return MinutePlan(cost_usd=total, replicas=plans, infeasible_bins=bad)
 
 
 def work_bound(fleet: SimFleet, trace: Trace) -> float:
@@ -125,7 +121,7 @@ def cheapest_single_pool(fleet: SimFleet, trace: Trace) -> str:
     """The one pool that serves the trace cheapest (for baselines that cannot mix accelerator types)."""
     best: tuple[int, float, str] | None = None
     for pool in fleet.pools:
-        res = oracle(fleet, trace, pools=(pool.name,))
+        res = minute_plan(fleet, trace, pools=(pool.name,))
         key = (res.infeasible_bins, res.cost_usd, pool.name)
         if best is None or key < best:
             best = key

@@ -12,7 +12,7 @@ from infleet.policy import account
 from infleet.sim.cli import _HERE
 from infleet.sim.engine import Simulation
 from infleet.sim.fleet import load_fleet
-from infleet.sim.oracle import oracle, work_bound
+from infleet.sim.oracle import work_bound
 from infleet.sim.policies import POLICIES, make
 from infleet.sim.report import summarize
 from infleet.sim.trace import load_trace, synthetic_trace
@@ -35,15 +35,15 @@ def test_every_request_is_served_or_rejected_and_cost_is_time_times_price(fleet,
     n = len(TRACE)
     assert res.status.size == n
     served = res.status == 1
-    assert set(np.unique(res.status)) <= {0, 1}
+    assert set(np.unique(res.status)) <= {0, 1}  # nothing too long, no reclaims here
     assert np.all(np.isfinite(res.e2e[served])) and np.all(np.isnan(res.e2e[~served]))
     assert np.all(res.ttft[served] >= 0) and np.all(res.e2e[served] >= res.ttft[served])
-    row = summarize(res, TRACE, oracle_cost=1.0)
+    row = summarize(res, TRACE, 1.0)
     expected = sum((iv.end_s - iv.start_s) / 3600 * res.prices[iv.pool] for iv in res.intervals)
     assert row["cost_usd"] == pytest.approx(expected)
     assert row["cost_usd"] == pytest.approx(account(res.intervals, res.prices).cost_usd)
     assert row["requests"] == n == row["served"] + row["rejected"]
-    for key in ("policy", "slo_attainment", "p50_latency_s", "p99_latency_s", "replica_hours", "scale_events"):
+    for key in ("policy", "slo_attainment", "p99_tpot_s", "energy_kwh", "wh_per_million_tokens", "scale_events"):
         assert key in row
     # replicas never outlive the simulation, and never start before it
     assert all(0 <= iv.start_s <= iv.end_s <= res.end_s + 1e-9 for iv in res.intervals)
@@ -66,12 +66,6 @@ def test_no_capacity_means_explicit_rejection(fleet) -> None:  # type: ignore[no
 
     res = Simulation(fleet, TRACE.window(0, 60), Nothing(), queue_timeout_s=5.0).run()
     assert res.status.sum() == 0 and res.intervals == []
-
-
-def test_oracle_is_a_lower_bound_on_the_infleet_policy(fleet) -> None:  # type: ignore[no-untyped-def]
-    bound = oracle(fleet, TRACE)
-    res = Simulation(fleet, TRACE, make("infleet")).run()
-    assert 0 < bound.cost_usd <= account(res.intervals, res.prices).cost_usd
 
 
 def test_trace_loader_reads_azure_format_and_rejects_bad_rows(tmp_path: Path) -> None:
@@ -108,7 +102,12 @@ def test_cli_compare_writes_report(tmp_path: Path) -> None:
     doc = json.loads((out / "report.json").read_text())
     assert {r["policy"] for r in doc["policies"]} == set(POLICIES)
     assert "CC-BY 4.0" in doc["attribution"]
-    assert all(r["oracle_cost_usd"] == doc["oracle_cost_usd"] for r in doc["policies"])
+    sticks = {r["policy"].split(" ")[0] for r in doc["yardsticks"]}
+    assert sticks == {"hindsight", "foresight"}
+    fixed = doc["yardsticks"][0]
+    assert fixed["slo_attainment"] >= 0.99 and fixed["cost_vs_fixed"] == pytest.approx(1.0)
+    assert all(r["energy_kwh"] > 0 and r["wh_per_million_tokens"] > 0 for r in doc["policies"])
+    assert 0 < doc["work_bound_usd"] <= fixed["cost_usd"]
     assert (out / "simulation.png").stat().st_size > 0
     assert main(["simulate", "--trace", str(tmp_path / "missing.csv"), "--quiet"]) == 2
 
@@ -154,8 +153,6 @@ def test_no_policy_that_serves_everything_costs_less_than_the_work_bound(fleet, 
     assert strict > 0
     assert np.all(res.status == 1)  # the bound is for serving every request
     assert account(res.intervals, res.prices).cost_usd >= strict
-    # Both bounds grant perfect foresight; the strict one also grants 100% utilisation, so it is the lower.
-    assert strict <= oracle(fleet, trace).cost_usd
 
 
 def test_work_bound_scales_with_the_work_and_honours_min_replicas(fleet) -> None:  # type: ignore[no-untyped-def]
@@ -166,7 +163,8 @@ def test_work_bound_scales_with_the_work_and_honours_min_replicas(fleet) -> None
     assert work_bound(fleet, short) >= fleet.deployment.min_replicas * floor - 1e-12
 
 
-@pytest.mark.parametrize("policy", ["infleet", "hpa", "kpa", "keda", "ray-serve", "kubeai"])
+# (KPA and KubeAI at their default targets, 70 and 100 concurrent requests per replica, size one H100 for it.)
+@pytest.mark.parametrize("policy", ["infleet", "hpa", "keda", "ray-serve"])
 def test_a_declared_throughput_sizes_every_policys_starting_fleet(tmp_path: Path, policy: str) -> None:
     doc = (_HERE / "examples" / "chat.yaml").read_text(encoding="utf-8")
     declared = tmp_path / "chat.yaml"
