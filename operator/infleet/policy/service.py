@@ -177,16 +177,31 @@ class ServiceModel:
         return total
 
     def tpot(self, batch: int) -> float:
+        """Planning TPOT: a decode-only step of ``batch`` sequences of MEAN_SEQUENCE_TOKENS (no prefill chunk)."""
         return self.tpot_base_s + self.tpot_per_seq_s * max(1, batch)
 
+    def busy_step_s(self, batch: int, mean_seq_tokens: float) -> float:
+        """A step that decodes ``batch`` sequences of ``mean_seq_tokens`` while also prefilling a full chunk: the
+        time per output token a running sequence gets while prompts wait (chunked prefill's worst case)."""
+        chunk = float(max(self.step_tokens - batch, 32))
+        seq = max(mean_seq_tokens, 1.0)
+        return self.step_s(batch, batch * seq, chunk, chunk * seq / 2 + chunk * chunk / 2, seq / 2 + chunk)
+
     def batch_limit(self, tpot_target_s: float | None, mean_seq_tokens: float) -> int:
-        """Largest batch that keeps time per token within 90% of the target and fits the KV cache."""
+        """Largest batch that fits the KV cache and keeps time per token within 90% of the target even in steps
+        that also prefill a chunk (0: not even one sequence can)."""
         limit = self.max_batch
         if mean_seq_tokens > 0:
             limit = min(limit, max(1, int(self.kv_tokens // mean_seq_tokens)))
-        if tpot_target_s is not None and self.tpot_per_seq_s > 0:
-            by_slo = int((0.9 * tpot_target_s - self.tpot_base_s) // self.tpot_per_seq_s)
-            limit = min(limit, by_slo)
+        if tpot_target_s is not None:
+            lo, hi = 0, limit  # lo meets the target (0 trivially), find the largest that does
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self.busy_step_s(mid, mean_seq_tokens) <= 0.9 * tpot_target_s:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            limit = lo
         return max(0, limit)
 
     def why_not(
@@ -200,6 +215,12 @@ class ServiceModel:
         if tpot_target_s is not None and self.tpot(1) > tpot_target_s:
             ms, target = self.tpot(1) * 1e3, tpot_target_s * 1e3
             return f"time per output token at batch 1 is {ms:.0f} ms > TPOT {target:.0f} ms"
+        if tpot_target_s is not None and self.busy_step_s(1, tail_sequence / 2) > tpot_target_s:
+            ms, target = self.busy_step_s(1, tail_sequence / 2) * 1e3, tpot_target_s * 1e3
+            return (
+                f"a decode step sharing a {self.step_tokens}-token prefill chunk takes {ms:.0f} ms > TPOT "
+                f"{target:.0f} ms (lower step_tokens with --service)"
+            )
         if ttft_target_s is not None:
             first = self.prefill_s(tail_prompt)
             if first > ttft_target_s:
@@ -245,8 +266,12 @@ class ServiceModel:
             slack = max(0.0, ttft_target_s - prefill_s)
             rho = min(rho, _max_utilization(second / (2 * prefill_s), slack))
         by_prefill = rho / prefill_s if prefill_s > 0 else math.inf
-        by_decode = batch / (prefill_s + mean_gen * self.tpot(batch))
-        return min(by_prefill, utilization * by_decode)
+        seq = mean_prompt + mean_gen / 2  # mean context of a decoding sequence
+        decode_step = self.step_s(batch, batch * seq)
+        by_decode = batch / (prefill_s + mean_gen * decode_step)
+        # All the work shares one device: each request's prefill plus its share of the decode steps.
+        by_work = 1.0 / (prefill_s + mean_gen * decode_step / batch)
+        return min(by_prefill, utilization * by_decode, utilization * by_work)
 
 
 def roofline(device: DeviceFigures, devices: int, parameters_billions: float, device_memory_gib: float) -> ServiceModel:

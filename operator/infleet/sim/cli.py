@@ -40,8 +40,16 @@ DEFAULT_TRACE = TRACES / "azure-llm-2023-conv.csv"
 
 
 def default_deployment(trace: Path) -> Path:
-    """The bundled deployment that suits the trace: ``code.yaml`` for code traces, ``chat.yaml`` otherwise."""
-    return _HERE / "examples" / ("code.yaml" if "code" in trace.name else "chat.yaml")
+    """The bundled deployment that suits the trace: ``code.yaml`` for code traces, ``longctx.yaml`` for generated
+    long-context ones, ``rag.yaml`` for other generated ones (``infleet tracegen``), ``chat.yaml`` otherwise."""
+    name = trace.name
+    if "long-context" in name:
+        chosen = "longctx.yaml"
+    elif name.startswith("gen-"):
+        chosen = "rag.yaml"
+    else:
+        chosen = "code.yaml" if "code" in name else "chat.yaml"
+    return _HERE / "examples" / chosen
 
 
 def register(subparsers: Any) -> None:

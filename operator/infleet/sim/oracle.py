@@ -82,7 +82,8 @@ def work_bound(fleet: SimFleet, trace: Trace) -> float:
     An engine step takes the longer of its compute and its memory time (:meth:`ServiceModel.step_s`), so a
     replica's busy time is at least the compute of all the tokens it processes (prefill and decode, attention over
     their actual contexts) and at least the memory time of its steps (the weights once per step, at most
-    ``max_batch`` decode tokens per step, plus every context token a decode step reads). Whatever the split of the
+    ``max_batch`` decode tokens per step, plus every context token a decode step reads; prefill's KV traffic is
+    left out, which only lowers the bound). Whatever the split of the
     work between pools, its cost is at least all the compute at the cheapest pool's price per unit of compute, and
     at least all the memory traffic at the cheapest price per unit of it: the larger of the two, or the
     deployment's ``minReplicas`` on the cheapest pool for the whole trace if more, is a cost no schedule that serves
@@ -99,6 +100,7 @@ def work_bound(fleet: SimFleet, trace: Trace) -> float:
     # Attention pairs: each prompt token attends to the ones before it; each decode token to the whole context.
     pairs = float((p * p / 2 + decode * p + decode * (decode + 1) / 2).sum())
     decode_tokens = float(decode.sum())
+    decode_context = float((decode * p + decode * (decode + 1) / 2).sum())  # context tokens decode steps read
     longest = float((p + g).max())
     per_compute = per_memory = math.inf
     cheapest = min(pool.replica_price_per_hour for pool in fleet.pools) / 3600  # USD per replica-second, any pool
@@ -108,7 +110,7 @@ def work_bound(fleet: SimFleet, trace: Trace) -> float:
             continue
         price_s = pool.replica_price_per_hour / 3600
         compute_s = tokens / svc.prefill_tokens_per_s + svc.attention_pair_s * pairs
-        memory_s = decode_tokens / max(1, svc.max_batch) * svc.tpot_base_s + svc.kv_read_s * pairs
+        memory_s = decode_tokens / max(1, svc.max_batch) * svc.tpot_base_s + svc.kv_read_s * decode_context
         per_compute = min(per_compute, price_s * compute_s)
         per_memory = min(per_memory, price_s * memory_s)
     floor = dep.min_replicas * cheapest * trace.duration_s

@@ -73,7 +73,7 @@ def _rate(spec: TraceShape, rng: np.random.Generator) -> np.ndarray:
             if start >= seconds:
                 break
             length = rng.uniform(5.0, 30.0)
-            rate[int(start) : int(start + length)] *= spec.burst_factor
+            rate[int(start) : int(start + length)] = spec.rate_rps * spec.burst_factor  # overlaps do not compound
     return rate
 
 
@@ -120,7 +120,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("shape", choices=SHAPES)
-    p.add_argument("--out", type=Path, required=True, help="CSV to write (the Azure trace format)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="CSV to write (default gen-SHAPE-sSEED.csv; `infleet simulate` picks its bundled deployment by the name)",
+    )
     p.add_argument("--duration", type=float, default=3600.0, help="seconds (default 3600)")
     p.add_argument("--rate", type=float, default=4.0, help="mean requests/s (default 4)")
     p.add_argument("--seed", type=int, default=0)
@@ -150,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             shift_factor=args.shift_factor,
         )
         trace = generate(spec)
+        args.out = args.out or Path(f"{trace.name}.csv")
         write_csv(trace, args.out)
     except (ValueError, OSError) as exc:
         print(f"infleet tracegen: {exc}", file=sys.stderr)
