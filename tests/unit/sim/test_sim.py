@@ -192,3 +192,20 @@ def test_an_slo_no_pool_can_meet_is_a_clear_error_naming_slo_pools_and_why(tmp_p
         assert rc == 2
         assert "TTFT 300 ms" in err and "h100-spot" in err and "cpu-spot" in err
         assert "prefill of the 99th-percentile prompt" in err and "Traceback" not in err
+
+
+def test_cli_tuned_baselines_and_faults(tmp_path: Path) -> None:
+    from infleet.cli import main
+
+    trace = tmp_path / "trace.csv"
+    t = np.cumsum(np.random.default_rng(1).exponential(0.5, 300))
+    rows = [f"2023-11-16 18:{int(s // 60):02d}:{s % 60:09.6f},800,100" for s in t]
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    args = ["simulate", "--trace", str(trace), "--pools", str(POOLS), "--out", str(out), "--quiet", "--no-plots"]
+    assert main([*args, "--policy", "kpa", "--tuned", "--spot-reclaims-per-hour", "2", "--cold-start-cv", "0.3"]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert [r["policy"] for r in doc["policies"]] == ["kpa", "kpa tuned"]
+    assert doc["faults"]["spot_reclaims_per_hour"] == 2.0
+    assert set(doc["policies"][1]["settings"]) <= {"target_factor", "stable_s"}  # the defaults ({}) may win
+    assert main([*args, "--spot-reclaims-per-hour", "-1"]) == 2
