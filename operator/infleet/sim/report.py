@@ -55,20 +55,20 @@ def summarize(
 
 def table(rows: list[dict[str, Any]], work_bound: float | None = None) -> str:
     head = (
-        f"{'policy':<22} {'SLO met':>8} {'p99 TTFT':>8} {'p99 TPOT':>8} {'cost $':>8} {'x fixed':>7}"
+        f"{'policy':<30} {'SLO met':>8} {'p99 TTFT':>8} {'p99 TPOT':>8} {'cost $':>8} {'x fixed':>7}"
         f" {'kWh':>7} {'Wh/Mtok':>8} {'events':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['policy']:<22} {r['slo_attainment']:>8.2%} {_f(r['p99_ttft_s'], 8)} {_f(r['p99_tpot_s'], 8, 3)} "
+            f"{r['policy']:<30} {r['slo_attainment']:>8.2%} {_f(r['p99_ttft_s'], 8)} {_f(r['p99_tpot_s'], 8, 3)} "
             f"{r['cost_usd']:>8.2f} {_f(r['cost_vs_fixed'], 7)} {r['energy_kwh']:>7.2f} "
             f"{_f(r['wh_per_million_tokens'], 8, 0)} {r['scale_events']:>6}"
         )
     if work_bound is not None:
         ref = next((r["cost_usd"] for r in rows if r["policy"].startswith("hindsight fixed")), None)
         ratio = f"{work_bound / ref:>7.2f}" if ref else f"{'-':>7}"
-        lines.append(f"{'work bound (strict)':<22} {'':>8} {'':>8} {'':>8} {work_bound:>8.2f} {ratio}")
+        lines.append(f"{'work bound (strict)':<30} {'':>8} {'':>8} {'':>8} {work_bound:>8.2f} {ratio}")
     return "\n".join(lines)
 
 
