@@ -79,6 +79,13 @@ def register(subparsers: Any) -> None:
     f = p.add_argument_group("faults and delays (none by default; seeded)")
     f.add_argument("--spot-reclaims-per-hour", type=float, default=0.0, help="per spot replica")
     f.add_argument("--spot-notice", type=float, default=120.0, help="seconds between notice and reclaim")
+    f.add_argument(
+        "--reclaims",
+        action="append",
+        default=[],
+        metavar="POOL=RATE[:NOTICE]",
+        help="per pool: reclaims per replica-hour and notice seconds (overrides the spot figures; repeatable)",
+    )
     f.add_argument("--cold-start-cv", type=float, default=0.0, help="spread of cold starts (coefficient of variation)")
     f.add_argument("--metrics-delay", type=float, default=0.0, help="age of the metrics a decision sees (s)")
     f.add_argument("--decision-delay", type=float, default=0.0, help="from a decision to its effect (s)")
@@ -106,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
             metrics_delay_s=args.metrics_delay,
             decision_delay_s=args.decision_delay,
             seed=args.seed,
+            pool_reclaims=_pool_reclaims(args.reclaims, args.spot_notice),
         )
+        unknown = set(faults.pool_reclaims) - {p.name for p in fleet.pools}
+        if unknown:
+            raise ValueError(f"--reclaims names pools not in the fleet: {sorted(unknown)}")
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"infleet simulate: {exc}", file=sys.stderr)
         return 2
@@ -159,3 +170,18 @@ def run(args: argparse.Namespace) -> int:
         plot(args.out / "simulation.png", results, fleet.deployment.ttft_s, f"{fleet.deployment.name} on {trace.name}")
     print(f"wrote {args.out / 'report.json'}" + ("" if args.no_plots else f" and {args.out / 'simulation.png'}"))
     return 0
+
+
+def _pool_reclaims(specs: list[str], notice: float) -> dict[str, tuple[float, float]]:
+    """``POOL=RATE[:NOTICE]`` flags as a mapping; a malformed one is a ValueError naming it."""
+    out: dict[str, tuple[float, float]] = {}
+    for spec in specs:
+        pool, sep, rest = spec.partition("=")
+        rate, _, given = rest.partition(":")
+        try:
+            if not sep or not pool:
+                raise ValueError
+            out[pool] = (float(rate), float(given) if given else notice)
+        except ValueError:
+            raise ValueError(f"--reclaims {spec!r}: expected POOL=RATE or POOL=RATE:NOTICE") from None
+    return out

@@ -14,8 +14,9 @@ Model (every simplification stated; the replica engine is in :mod:`infleet.sim.r
   mean prompt and output lengths over five minutes; with :class:`Faults` the metrics are ``metrics_delay_s``
   old and targets apply ``decision_delay_s`` after the decision. Replicas then take the pool's cold start
   (warm workers: :data:`PROMOTE_S`) to become ready, with optional seeded spread.
-* Spot replicas may be reclaimed (:class:`Faults`): after the notice the replica is gone, requests it held that
-  had not produced a token go back to the front of the gateway queue, the others are lost (misses).
+* Spot replicas (or any pool's, per pool) may be reclaimed (:class:`Faults`): after the notice the replica is
+  gone; requests it held that had not produced a token go back to the front of the gateway queue, the others are
+  lost (misses).
 * A replica costs its pool's price from creation (devices claimed) until released: at once when removed before
   it is ready or while idle, after its requests finish when removed while busy. Warm replicas cost the same.
   Energy: the service model's idle power for the whole life (cold start included), busy power while it runs
@@ -84,11 +85,22 @@ class Faults:
     metrics_delay_s: float = 0.0  # age of what a decision sees: scrape interval plus pipeline
     decision_delay_s: float = 0.0  # from a decision until the cluster acts on it
     seed: int = 0
+    # Per pool (any capacity type): (reclaims per replica-hour, notice s), overriding the two spot figures above.
+    pool_reclaims: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("spot_reclaims_per_hour", "spot_notice_s", "cold_start_cv", "metrics_delay_s", "decision_delay_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        for pool, (rate, notice) in self.pool_reclaims.items():
+            if rate < 0 or notice < 0:
+                raise ValueError(f"reclaims for pool {pool}: rate and notice must be >= 0")
+
+    def reclaims(self, pool: str, capacity_type: str) -> tuple[float, float]:
+        """(reclaims per replica-hour, notice s) for a replica of ``pool``."""
+        if pool in self.pool_reclaims:
+            return self.pool_reclaims[pool]
+        return (self.spot_reclaims_per_hour, self.spot_notice_s) if capacity_type == "spot" else (0.0, 0.0)
 
 
 class Controller(Protocol):
@@ -188,8 +200,8 @@ class Simulation:
         self.replicas.append(r)
         if not instant:
             self._push(ready_at, _READY, r.id, 0)
-        rate = self.faults.spot_reclaims_per_hour
-        if rate > 0 and pool.capacity_type == "spot":
+        rate, _ = self.faults.reclaims(pool.name, pool.capacity_type)
+        if rate > 0:
             r.reclaim_at = now + float(self.rng.exponential(3600.0 / rate))
             self._push(r.reclaim_at, _RECLAIM, r.id, 0)
         self._ready_cache = None
@@ -271,7 +283,8 @@ class Simulation:
             return
         r.state = "reclaiming"
         self._ready_cache = None
-        self._push(now + self.faults.spot_notice_s, _GONE, r.id, 0)
+        pool: SimPool = r.pool  # type: ignore[assignment]
+        self._push(now + self.faults.reclaims(pool.name, pool.capacity_type)[1], _GONE, r.id, 0)
 
     def _gone(self, r: Replica, now: float) -> None:
         if r.state == "gone":

@@ -127,6 +127,9 @@ def test_spot_reclaims_requeue_unstarted_requests_and_are_seeded(fleet: SimFleet
     assert set(np.unique(a.status)) <= {SERVED, LOST, 0}
     on_demand = Simulation(fleet, trace, Fixed({"h100-on-demand": 2}), faults=faults).run()
     assert on_demand.reclaims == 0
+    per_pool = Faults(pool_reclaims={"h100-on-demand": (6.0, 30.0)}, seed=5)
+    assert Simulation(fleet, trace, Fixed({"h100-on-demand": 2}), faults=per_pool).run().reclaims > 0
+    assert Simulation(fleet, trace, Fixed({"h100-spot": 2}), faults=per_pool).run().reclaims == 0
 
 
 def test_cold_start_spread_and_delays_change_when_things_happen(fleet: SimFleet) -> None:

@@ -209,3 +209,7 @@ def test_cli_tuned_baselines_and_faults(tmp_path: Path) -> None:
     assert doc["faults"]["spot_reclaims_per_hour"] == 2.0
     assert set(doc["policies"][1]["settings"]) <= {"target_factor", "stable_s"}  # the defaults ({}) may win
     assert main([*args, "--spot-reclaims-per-hour", "-1"]) == 2
+    assert main([*args, "--reclaims", "h100-spot"]) == 2
+    assert main([*args, "--reclaims", "nope=1"]) == 2
+    assert main([*args, "--policy", "hpa", "--no-yardsticks", "--reclaims", "h100-spot=3:30"]) == 0
+    assert json.loads((out / "report.json").read_text())["faults"]["pool_reclaims"] == {"h100-spot": [3.0, 30.0]}
