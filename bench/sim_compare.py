@@ -1,6 +1,7 @@
 """The simulator comparison: every policy against the yardsticks, on both Azure traces and generated stress shapes.
 
-    .venv/bin/python bench/sim_compare.py            # ~10 min on two cores; --minutes 30 --out sim-out/compare
+    .venv/bin/python bench/sim_compare.py            # ~4 min on two cores; --minutes 30 --out sim-out/compare
+    .venv/bin/python bench/sim_compare.py --faults   # the same with FAULTS: spot reclaims, cold-start spread, delays
 
 For each trace (a window of each Azure trace, and generated shapes from `infleet tracegen`, seeded), replayed on
 examples/pools.yaml with the bundled deployment for it (docs/simulator.md):
@@ -28,6 +29,7 @@ from typing import Any
 
 from infleet.sim.baselines import BASELINES, WINDOWS
 from infleet.sim.cli import DEFAULT_POOLS, TRACES, default_deployment
+from infleet.sim.engine import Faults
 from infleet.sim.fleet import load_fleet
 from infleet.sim.oracle import work_bound
 from infleet.sim.policies import make
@@ -41,6 +43,16 @@ SHAPES = (
     TraceShape(shape="diurnal", rate_rps=3.0, seed=2),
     TraceShape(shape="prompt-shift", rate_rps=3.0, shift_factor=3.0, seed=3),
     TraceShape(shape="long-context", rate_rps=1.0, long_share=0.5, seed=4),
+)
+# A plausible bad day: each spot replica reclaimed once an hour on average (two-minute notice), cold starts spread
+# 30%, metrics 30 s old (a 15 s scrape plus the pipeline) and decisions acting 10 s later.
+FAULTS = Faults(
+    spot_reclaims_per_hour=1.0,
+    spot_notice_s=120.0,
+    cold_start_cv=0.3,
+    metrics_delay_s=30.0,
+    decision_delay_s=10.0,
+    seed=1,
 )
 TRAINED_ON = {"azure-llm-2023-conv", "azure-llm-2023-code"}
 
@@ -56,16 +68,16 @@ def traces(minutes: float) -> list[tuple[Trace, Path]]:
     return out
 
 
-def compare(trace: Trace, path: Path) -> dict[str, Any]:
+def compare(trace: Trace, path: Path, faults: Faults | None = None) -> dict[str, Any]:
     deployment = default_deployment(path)
     fleet = load_fleet([DEFAULT_POOLS], deployment)
     started = time.perf_counter()
-    outcomes: list[Outcome] = [replay(fleet, trace, make("infleet"))]
-    outcomes += [replay(fleet, trace, make(name)) for name in BASELINES]
-    outcomes += [tune(fleet, trace, name) for name in WINDOWS]
-    fixed = hindsight_fixed(fleet, trace)
+    outcomes: list[Outcome] = [replay(fleet, trace, make("infleet"), faults=faults)]
+    outcomes += [replay(fleet, trace, make(name), faults=faults) for name in BASELINES]
+    outcomes += [tune(fleet, trace, name, faults=faults) for name in WINDOWS]
+    fixed = hindsight_fixed(fleet, trace, faults=faults)
     sticks = [] if fixed is None else [dataclasses.replace(fixed, label=f"hindsight {fixed.label}")]
-    sticks.append(foresight_schedule(fleet, trace))
+    sticks.append(foresight_schedule(fleet, trace, faults=faults))
     reference = fixed.cost_usd if fixed is not None and fixed.meets else None
     rows = [summarize(o.result, trace, reference, o.label) | {"settings": o.settings} for o in outcomes + sticks]
     return {
@@ -106,16 +118,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--minutes", type=float, default=30.0, help="window of each trace (default 30)")
     parser.add_argument("--out", type=Path, default=Path("sim-out/compare"))
+    parser.add_argument("--faults", action="store_true", help="replay everything under FAULTS")
     args = parser.parse_args()
+    faults = FAULTS if args.faults else None
     started = time.perf_counter()
     docs = []
     for trace, path in traces(args.minutes):
-        doc = compare(trace, path)
+        doc = compare(trace, path, faults)
         docs.append(doc)
         print(markdown(doc) + "\n", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(
-        json.dumps({"attribution": ATTRIBUTION, "traces": docs}, indent=1) + "\n", encoding="utf-8"
+        json.dumps(
+            {"attribution": ATTRIBUTION, "faults": args.faults and dataclasses.asdict(FAULTS), "traces": docs}, indent=1
+        )
+        + "\n",
+        encoding="utf-8",
     )
     print(f"({time.perf_counter() - started:.0f} s wall in all; {ATTRIBUTION})")
 

@@ -408,7 +408,7 @@ class Simulation:
         )
 
     def _seen(self, obs: Observation) -> Observation:
-        """What the decision sees: the newest snapshot at least ``metrics_delay_s`` old."""
+        """What the decision sees: load figures from the newest snapshot at least ``metrics_delay_s`` old."""
         delay = self.faults.metrics_delay_s
         if delay <= 0:
             return obs
@@ -416,7 +416,16 @@ class Simulation:
         while len(self.snapshots) > 1 and self.snapshots[1].now <= obs.now - delay:
             self.snapshots.popleft()
         old = self.snapshots[0]
-        return dataclasses.replace(old, now=obs.now, metrics_age_s=obs.now - old.now)
+        # Load figures come through the metrics pipeline; the fleet's own replicas come from the API, fresh.
+        return dataclasses.replace(
+            old,
+            now=obs.now,
+            metrics_age_s=obs.now - old.now,
+            serving=obs.serving,
+            ready=obs.ready,
+            warm=obs.warm,
+            reclaiming=obs.reclaiming,
+        )
 
     def _decide(self, target: Target, now: float) -> None:
         delay = self.faults.decision_delay_s
