@@ -210,7 +210,7 @@ class Simulation:
     def _release(self, r: Replica, now: float) -> None:
         r.state = "gone"
         end = max(now, r.created)
-        pool: SimPool = r.pool  # type: ignore[assignment]
+        pool = r.pool
         self.intervals.append(ReplicaInterval(pool.name, r.created, end))
         svc = r.svc
         joules = svc.idle_watts * (end - r.created) + (svc.busy_watts - svc.idle_watts) * r.busy_s
@@ -227,7 +227,7 @@ class Simulation:
         out: dict[str, int] = {}
         for r in self.replicas:
             if r.role == role and r.state in states:
-                name = r.pool.name  # type: ignore[attr-defined]
+                name = r.pool.name
                 out[name] = out.get(name, 0) + 1
         return out
 
@@ -283,7 +283,7 @@ class Simulation:
             return
         r.state = "reclaiming"
         self._ready_cache = None
-        pool: SimPool = r.pool  # type: ignore[assignment]
+        pool = r.pool
         self._push(now + self.faults.reclaims(pool.name, pool.capacity_type)[1], _GONE, r.id, 0)
 
     def _gone(self, r: Replica, now: float) -> None:
@@ -481,7 +481,7 @@ class Simulation:
                 self._dispatch(now)  # expire timed-out requests before the controller looks
                 self._decide(self.ctl.step(self._seen(obs)), now)
                 self._dispatch(now)
-                cost_rate = sum(r.pool.replica_price_per_hour for r in self.replicas if r.state != "gone")  # type: ignore[attr-defined]
+                cost_rate = sum(r.pool.replica_price_per_hour for r in self.replicas if r.state != "gone")
                 self.timeline.append(
                     {
                         "t": now,

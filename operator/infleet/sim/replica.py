@@ -23,6 +23,7 @@ import math
 from collections import deque
 
 from infleet.policy.service import ServiceModel
+from infleet.sim.fleet import SimPool
 
 MIN_PREFILL_CHUNK = 32  # the worker's min_prefill_chunk: prefill progresses even when decode fills the budget
 
@@ -74,7 +75,7 @@ class Replica:
         "waiting_tokens",
     )
 
-    def __init__(self, rid: int, pool: object, svc: ServiceModel, role: str, now: float, ready_at: float) -> None:
+    def __init__(self, rid: int, pool: SimPool, svc: ServiceModel, role: str, now: float, ready_at: float) -> None:
         self.id = rid
         self.pool = pool
         self.svc = svc
