@@ -9,8 +9,10 @@ queued at the gateway. Defaults, each from its project's documentation:
   (``container-concurrency-target-default`` 100 x ``container-concurrency-target-percentage`` 70%), 2 s tick,
   60 s stable window, 6 s panic window (``panic-window-percentage`` 10%), panic at 200% of target
   (``panic-threshold-percentage``), ``max-scale-down-rate`` 2, scale to zero after the stable window plus the 30 s
-  ``scale-to-zero-grace-period``. Knative counts a pod that has not become ready towards what it waits for and
-  does not scale down below what is still starting, so replicas are never released mid cold start.
+  ``scale-to-zero-grace-period``. One departure, as the issue asks of a fair baseline: it does not scale down
+  while replicas are still starting. At defaults Knative would release them mid cold start (its 60 s window is
+  shorter than a 300 s GPU cold start); an operator running it on GPUs would lengthen the window or set
+  ``scale-down-delay`` to the same effect.
 * ``kubeai``: ``targetRequests`` 100 active requests per replica, averaged over the 10-minute
   ``modelAutoscaling.timeWindow`` at its 10 s ``interval``, ``scaleDownDelaySeconds`` 30, scale from zero on the
   first request.
