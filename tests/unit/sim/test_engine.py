@@ -152,3 +152,17 @@ def test_cold_start_spread_and_delays_change_when_things_happen(fleet: SimFleet)
     assert max(o.metrics_age_s for o in late.seen) >= 30.0
     first_new = min(iv.start_s for iv in delayed.intervals if iv.start_s > 0)
     assert first_new == pytest.approx(min(iv.start_s for iv in plain.intervals if iv.start_s > 0) + 10.0)
+
+
+def test_one_request_on_an_idle_replica_takes_exactly_its_steps(fleet: SimFleet) -> None:
+    svc = fleet.pool("h100-spot").service
+    sim = Simulation(fleet, _trace([0.0], [1_000], [10]), Fixed({"h100-spot": 1}))
+    res = sim.run()
+    assert res.ttft[0] == pytest.approx(svc.prefill_s(1_000))  # two chunks, 512 + 488 tokens
+    # nine decode steps over contexts of 1,001 to 1,009 tokens
+    steps = [svc.step_s(1, 1_001 + j) for j in range(9)]
+    assert res.tpot[0] == pytest.approx(sum(steps) / 9)
+    assert res.e2e[0] == pytest.approx(res.ttft[0] + sum(steps))
+    replica = sim.replicas[0]
+    assert replica.held == 0 and replica.kv == 0 and sim.in_flight == 0
+    assert replica.busy_s == pytest.approx(res.e2e[0])
