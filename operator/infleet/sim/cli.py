@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     names = list(POLICIES) if args.compare else [args.policy]
     started = time.perf_counter()
     try:
-        outcomes = [replay(fleet, trace, make(name), faults=faults) for name in names]
+        outcomes = [replay(fleet, trace, make(name), faults=faults, progress=not args.quiet) for name in names]
         if args.tuned:
             outcomes += [tune(fleet, trace, name, faults=faults) for name in names if name in TUNABLE]
         sticks: list[Outcome] = []

@@ -58,8 +58,9 @@ def replay(
     label: str | None = None,
     faults: Faults | None = None,
     settings: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> Outcome:
-    res = Simulation(fleet, trace, ctl, faults=faults).run()
+    res = Simulation(fleet, trace, ctl, faults=faults).run(progress=progress)
     return Outcome(
         label=label or ctl.name,
         result=res,
