@@ -13,12 +13,14 @@ from infleet.sim.trace import Trace
 
 @dataclass(frozen=True)
 class Mix:
-    """The request mix capacity is computed for: mean prompt and output lengths and the 99th-percentile prompt."""
+    """The request mix capacity is computed for: mean prompt and output lengths, the 99th-percentile prompt (and
+    request, prompt plus output)."""
 
     mean_prompt: float
     mean_gen: float
     tail_prompt: float
     prompt_sq_mean: float | None = None
+    tail_sequence: float | None = None
 
     @staticmethod
     def of(trace: Trace) -> Mix:
@@ -29,6 +31,7 @@ class Mix:
             float(np.mean(trace.gen_tokens)),
             float(np.percentile(trace.prompt_tokens, 99)),
             float(np.mean(trace.prompt_tokens.astype(float) ** 2)),
+            float(np.percentile(trace.prompt_tokens + trace.gen_tokens, 99)),
         )
 
 
@@ -42,6 +45,47 @@ def pool_capacity(fleet: SimFleet, pool: SimPool, mix: Mix) -> float:
         tail_prompt=mix.tail_prompt,
         prompt_sq_mean=mix.prompt_sq_mean,
     )
+
+
+def slo_text(fleet: SimFleet) -> str:
+    """The deployment's latency targets, as a user wrote them."""
+    dep = fleet.deployment
+    parts = [
+        f"{label} {value * 1000:g} ms"
+        for label, value in (("TTFT", dep.ttft_s), ("TPOT", dep.tpot_s), ("end-to-end", dep.e2e_s))
+        if value is not None
+    ]
+    return ", ".join(parts) or "no latency target"
+
+
+def slo_problems(fleet: SimFleet, mix: Mix) -> dict[str, str]:
+    """Per pool, why one replica cannot meet the deployment's SLO for this mix even when idle (pools that can are
+    left out)."""
+    dep = fleet.deployment
+    out: dict[str, str] = {}
+    for pool in fleet.pools:
+        why = pool.service.why_not(
+            ttft_target_s=dep.ttft_s,
+            tpot_target_s=dep.tpot_s,
+            tail_prompt=mix.tail_prompt,
+            tail_sequence=mix.tail_sequence if mix.tail_sequence is not None else mix.tail_prompt + mix.mean_gen,
+        )
+        if why is None and pool_capacity(fleet, pool, mix) <= 0:
+            why = "no batch fits its KV cache and TPOT target for this mix"
+        if why is not None:
+            out[pool.name] = why
+    return out
+
+
+def infeasible_message(fleet: SimFleet, mix: Mix) -> str | None:
+    """A user-facing explanation when no pool can serve the mix within the SLO, else None."""
+    problems = slo_problems(fleet, mix)
+    if len(problems) < len(fleet.pools):
+        return None
+    lines = [f"no pool can meet {fleet.deployment.name}'s SLO ({slo_text(fleet)}) for this trace's requests:"]
+    lines += [f"  {name}: {why}" for name, why in problems.items()]
+    lines.append("relax the SLO, allow other accelerator families, or use a model/pool that serves these lengths")
+    return "\n".join(lines)
 
 
 def offers(

@@ -83,9 +83,11 @@ class Infleet:
         load = LoadObservation(
             time_s=obs.now,
             arrival_rate_rps=obs.arrival_rate_rps,
-            queue_depth=obs.queue_depth,
+            # What the operator reads: the gateway's queue plus the requests queued inside the workers (their
+            # num_requests_waiting), which here are the requests admitted but still waiting for prefill.
+            queue_depth=obs.queue_depth + obs.prefill_backlog,
             in_flight=obs.in_flight,
-            p99_latency_s=latency_signal(self.infd, obs.p99_ttft_period_s, obs.p99_e2e_s),
+            p99_latency_s=latency_signal(self.infd, obs.p99_ttft_period_s, obs.p99_e2e_period_s),
         )
         return self._decide(self._observe(obs.now, obs.serving, obs.ready, obs.warm, obs.warm_ready, load))
 

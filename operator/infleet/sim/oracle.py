@@ -1,15 +1,11 @@
-"""Oracle lower bound on cost: perfect knowledge of the future and instant, free scaling.
+"""Minute-by-minute provisioning plans, and the strict work bound on cost.
 
-For each minute of the trace it places exactly the capacity that minute's requests need (their count over 60 s,
-at their own mean lengths) with the same exact placement the operator uses, and pays only for that minute. No
-real policy can do better under the same service model: it would need to know the load before it arrives and to
-start replicas in zero time. Minute bins average out sub-minute bursts, which makes the bound lower still.
-
-It is a *provisioning* bound, not a strict one: each minute is given the capacity that keeps that minute's
-requests within the SLO at a planning utilisation (85%, and the M/G/1 cap on prefill), so a policy that runs its
-replicas hotter and queues can cost less (the baselines near 98-99% attainment on the conversation trace do).
-:func:`work_bound` is the strict one: the device time the requests' work needs at 100% utilisation on the
-cheapest pool for each kind of work; no schedule that serves every request in the simulator can cost less.
+:func:`minute_plan` is *not* a bound (it used to be called the oracle): for each minute it places, with the same
+exact placement the operator uses, the capacity that minute's mean load needs at the planning utilisation, and
+pays only for that minute. Replaying such a plan misses the SLO on bursty traces (minute means hide second-scale
+bursts) and a fixed fleet chosen with hindsight can cost less. The baselines use it to pick their single pool and
+``static-peak`` its peak. The yardsticks an online policy is judged against are in :mod:`infleet.sim.yardsticks`;
+:func:`work_bound` is the strict lower bound.
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ BIN_S = 60.0
 
 
 @dataclass(frozen=True)
-class OracleResult:
+class MinutePlan:
     cost_usd: float
     replicas: list[dict[str, int]]  # per bin
     infeasible_bins: int
@@ -51,7 +47,7 @@ def _bins(trace: Trace) -> list[tuple[float, Mix]]:
     return out
 
 
-def oracle(fleet: SimFleet, trace: Trace, pools: tuple[str, ...] | None = None) -> OracleResult:
+def minute_plan(fleet: SimFleet, trace: Trace, pools: tuple[str, ...] | None = None) -> MinutePlan:
     """The cheapest placement minute by minute (optionally restricted to ``pools``)."""
     total = 0.0
     plans: list[dict[str, int]] = []
@@ -77,51 +73,57 @@ def oracle(fleet: SimFleet, trace: Trace, pools: tuple[str, ...] | None = None) 
             bad += 1
         plans.append(dict(plan.replicas))
         total += plan.cost_per_hour * BIN_S / 3600
-    return OracleResult(cost_usd=total, replicas=plans, infeasible_bins=bad)
+    return MinutePlan(cost_usd=total, replicas=plans, infeasible_bins=bad)
 
 
 def work_bound(fleet: SimFleet, trace: Trace) -> float:
     """Strict lower bound on the cost of serving every request of ``trace`` in the simulator (USD).
 
-    A replica prefills at most ``prefill_tokens_per_s`` tokens/s, and decodes at most ``batch / tpot(1)`` tokens/s
-    (the engine's batch limit, each running sequence at most at its batch-of-one speed, which the simulator's
-    fixed-at-admission TPOT can reach), so serving the trace takes at least that much replica time. Paying the
-    cheapest pool's price per unit of each kind of work, prefill and decode each on their own (a replica does
-    both at once, so the larger of the two is the bound), plus the deployment's ``minReplicas`` on the cheapest
-    pool for the whole trace, gives a cost no policy can undercut: perfect knowledge, instant free
-    scaling, 100% utilisation and no SLO margin are all granted. Pools whose replica cannot hold a batch of one
-    within the TPOT target are left out (the engine gives them no slots).
+    An engine step takes the longer of its compute and its memory time (:meth:`ServiceModel.step_s`), so a
+    replica's busy time is at least the compute of all the tokens it processes (prefill and decode, attention over
+    their actual contexts) and at least the memory time of its steps (the weights once per step, at most
+    ``max_batch`` decode tokens per step, plus every context token a decode step reads; prefill's KV traffic is
+    left out, which only lowers the bound). Whatever the split of the
+    work between pools, its cost is at least all the compute at the cheapest pool's price per unit of compute, and
+    at least all the memory traffic at the cheapest price per unit of it: the larger of the two, or the
+    deployment's ``minReplicas`` on the cheapest pool for the whole trace if more, is a cost no schedule that serves
+    every request can undercut (perfect knowledge, instant free scaling, 100% utilisation, no SLO margin, prefill
+    and decode perfectly overlapped). Only pools whose replicas can hold the trace's longest request count.
     """
     dep = fleet.deployment
-    n = len(trace)
-    if n == 0:
+    if len(trace) == 0:
         return 0.0
-    mean_seq = float(np.mean(trace.prompt_tokens + trace.gen_tokens))
-    per_prefill = math.inf  # USD per prefill token
-    per_decode = math.inf  # USD per output token
-    cheapest = min(p.replica_price_per_hour for p in fleet.pools) / 3600  # USD per replica-second, any pool
+    p = trace.prompt_tokens.astype(float)
+    g = trace.gen_tokens.astype(float)
+    decode = np.maximum(g - 1, 0)
+    tokens = float((p + decode).sum())
+    # Attention pairs: each prompt token attends to the ones before it; each decode token to the whole context.
+    pairs = float((p * p / 2 + decode * p + decode * (decode + 1) / 2).sum())
+    decode_tokens = float(decode.sum())
+    decode_context = float((decode * p + decode * (decode + 1) / 2).sum())  # context tokens decode steps read
+    longest = float((p + g).max())
+    per_compute = per_memory = math.inf
+    cheapest = min(pool.replica_price_per_hour for pool in fleet.pools) / 3600  # USD per replica-second, any pool
     for pool in fleet.pools:
         svc = pool.service
-        batch = svc.batch_limit(dep.tpot_s, mean_seq)
-        if batch < 1 or svc.prefill_tokens_per_s <= 0:
+        if longest > min(svc.context_tokens, svc.kv_tokens) or svc.prefill_tokens_per_s <= 0:
             continue
         price_s = pool.replica_price_per_hour / 3600
-        per_prefill = min(per_prefill, price_s / svc.prefill_tokens_per_s)
-        per_decode = min(per_decode, price_s * svc.tpot(1) / batch)
-    if math.isinf(per_prefill):
-        return dep.min_replicas * cheapest * trace.duration_s
-    work = max(
-        float(trace.prompt_tokens.sum(dtype=float)) * per_prefill,
-        float(trace.gen_tokens.sum(dtype=float)) * per_decode,
-    )
-    return max(work, dep.min_replicas * cheapest * trace.duration_s)
+        compute_s = tokens / svc.prefill_tokens_per_s + svc.attention_pair_s * pairs
+        memory_s = decode_tokens / max(1, svc.max_batch) * svc.tpot_base_s + svc.kv_read_s * decode_context
+        per_compute = min(per_compute, price_s * compute_s)
+        per_memory = min(per_memory, price_s * memory_s)
+    floor = dep.min_replicas * cheapest * trace.duration_s
+    if math.isinf(per_compute):
+        return floor
+    return max(per_compute, per_memory, floor)
 
 
 def cheapest_single_pool(fleet: SimFleet, trace: Trace) -> str:
     """The one pool that serves the trace cheapest (for baselines that cannot mix accelerator types)."""
     best: tuple[int, float, str] | None = None
     for pool in fleet.pools:
-        res = oracle(fleet, trace, pools=(pool.name,))
+        res = minute_plan(fleet, trace, pools=(pool.name,))
         key = (res.infeasible_bins, res.cost_usd, pool.name)
         if best is None or key < best:
             best = key

@@ -9,54 +9,66 @@ from typing import Any
 import numpy as np
 
 from infleet.policy.cost import account, cost_per_million_tokens
-from infleet.sim.engine import SimResult
+from infleet.sim.engine import LOST, REFUSED, SERVED, SimResult
 from infleet.sim.trace import ATTRIBUTION, Trace
 
 
-def summarize(result: SimResult, trace: Trace, oracle_cost: float) -> dict[str, Any]:
+def summarize(
+    result: SimResult, trace: Trace, reference_cost: float | None = None, label: str | None = None
+) -> dict[str, Any]:
+    """One report row; ``reference_cost`` is the hindsight fixed fleet's cost (``cost_vs_fixed``)."""
     costs = account(result.intervals, result.prices)
-    served = result.status == 1
+    served = result.status == SERVED
     n = int(result.status.size)
     lat = result.e2e[served]
     ttft = result.ttft[served]
+    tpot = result.tpot[served]
     tokens = int(trace.prompt_tokens[served].sum() + trace.gen_tokens[served].sum())
+    energy_kwh = sum(result.energy_j_by_pool.values()) / 3.6e6
     return {
-        "policy": result.policy,
+        "policy": label or result.policy,
         "trace": result.trace,
         "deployment": result.deployment,
         "requests": n,
         "served": int(served.sum()),
         "rejected": int(n - served.sum()),
+        "refused_too_long": int((result.status == REFUSED).sum()),
+        "lost_to_reclaims": int((result.status == LOST).sum()),
         "slo_met": int(result.met.sum()),
         "slo_attainment": float(result.met.mean()) if n else 1.0,
         "p50_latency_s": float(np.percentile(lat, 50)) if lat.size else None,
         "p99_latency_s": float(np.percentile(lat, 99)) if lat.size else None,
         "p99_ttft_s": float(np.percentile(ttft, 99)) if ttft.size else None,
+        "p99_tpot_s": float(np.percentile(tpot, 99)) if tpot.size else None,
         "cost_usd": costs.cost_usd,
         "cost_per_million_tokens_usd": cost_per_million_tokens(costs.cost_usd, tokens) if tokens else None,
+        "energy_kwh": energy_kwh,
+        "wh_per_million_tokens": energy_kwh * 1e3 / tokens * 1e6 if tokens else None,
         "replica_hours": dict(costs.replica_hours),
         "cost_by_pool_usd": dict(costs.cost_by_pool),
         "scale_events": result.scale_events,
-        "oracle_cost_usd": oracle_cost,
-        "cost_vs_oracle": costs.cost_usd / oracle_cost if oracle_cost > 0 else None,
+        "spot_reclaims": result.reclaims,
+        "cost_vs_fixed": costs.cost_usd / reference_cost if reference_cost else None,
         "simulated_s": result.end_s,
     }
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], work_bound: float | None = None) -> str:
     head = (
-        f"{'policy':<12} {'requests':>8} {'SLO met':>8} {'p50 s':>7} {'p99 s':>7} {'cost $':>8} {'x oracle':>8}"
-        f" {'events':>6}"
+        f"{'policy':<30} {'SLO met':>8} {'p99 TTFT':>8} {'p99 TPOT':>8} {'cost $':>8} {'x fixed':>7}"
+        f" {'kWh':>7} {'Wh/Mtok':>8} {'events':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['policy']:<12} {r['requests']:>8} {r['slo_attainment']:>8.2%} "
-            f"{_f(r['p50_latency_s'])} {_f(r['p99_latency_s'])} {r['cost_usd']:>8.2f} "
-            f"{_f(r['cost_vs_oracle'], 8, 2)} {r['scale_events']:>6}"
+            f"{r['policy']:<30} {r['slo_attainment']:>8.2%} {_f(r['p99_ttft_s'], 8)} {_f(r['p99_tpot_s'], 8, 3)} "
+            f"{r['cost_usd']:>8.2f} {_f(r['cost_vs_fixed'], 7)} {r['energy_kwh']:>7.2f} "
+            f"{_f(r['wh_per_million_tokens'], 8, 0)} {r['scale_events']:>6}"
         )
-    if rows:
-        lines.append(f"{'oracle':<12} {'':>8} {'':>8} {'':>7} {'':>7} {rows[0]['oracle_cost_usd']:>8.2f} {1:>8.2f}")
+    if work_bound is not None:
+        ref = next((r["cost_usd"] for r in rows if r["policy"].startswith("hindsight fixed")), None)
+        ratio = f"{work_bound / ref:>7.2f}" if ref else f"{'-':>7}"
+        lines.append(f"{'work bound (strict)':<30} {'':>8} {'':>8} {'':>8} {work_bound:>8.2f} {ratio}")
     return "\n".join(lines)
 
 
