@@ -66,7 +66,17 @@ def declared_demand_rps(infd: InferenceDeployment, mix: RequestMix = DEFAULT_MIX
     return 0.0
 
 
-def choose(pool: AcceleratorPool, infd: InferenceDeployment, mix: RequestMix = DEFAULT_MIX) -> PoolChoice:
+def choose(
+    pool: AcceleratorPool, infd: InferenceDeployment, mix: RequestMix = DEFAULT_MIX, *, mix_measured: bool = False
+) -> PoolChoice:
+    """How this pool would serve the deployment: devices per replica and requests/s per replica within the SLO.
+
+    A performance profile vouches for throughput at its end-to-end latency bound only. When the SLO also has TTFT or
+    TPOT targets, the service model's estimate for the request mix bounds it (the lower of the two is planned for);
+    an estimate that rules the pool out is believed only for a measured mix (``mix_measured``), since before any
+    traffic the mix is an assumption, and the profile is the only evidence. A batch of one missing the TPOT target
+    rules the pool out either way (that floor does not depend on the mix).
+    """
     acc = pool.spec.accelerator
     footprint = infd.spec.model.footprint_gib()
     profile = find_profile(pool, infd)
@@ -115,6 +125,14 @@ def choose(pool: AcceleratorPool, infd: InferenceDeployment, mix: RequestMix = D
             f"one output token takes ~{floor * 1000:.0f} ms here even alone (service model), SLO TPOT is "
             f"{tpot * 1000:.0f} ms",
         )
+    ttft, _, _ = slo_seconds(infd)
+    if ttft is None and tpot is None:
+        return PoolChoice(pool, devices, measured, profile)
+    estimate, why = estimated_capacity_rps(pool, infd, devices, mix)
+    if estimate > 0:
+        return PoolChoice(pool, devices, min(measured, estimate), profile)
+    if mix_measured:
+        return PoolChoice(pool, devices, 0.0, profile, f"for the measured request mix: {why}")
     return PoolChoice(pool, devices, measured, profile)
 
 

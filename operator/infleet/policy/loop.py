@@ -144,7 +144,7 @@ def decide(obs: Observation, state: LoopState, settings: LoopSettings = LoopSett
     mix = smoothed or DEFAULT_MIX
     api_pools = {name: view.pool for name, view in obs.pools.items()}
     chosen, missing = candidate_pools(infd, api_pools)
-    choices = [choose(p, infd, mix) for p in chosen]
+    choices = [choose(p, infd, mix, mix_measured=smoothed is not None) for p in chosen]
     usable = [c for c in choices if c.capacity_rps > 0]
     serving_pods = {p: r.pods for p, r in obs.replicas.items() if r.pods.total}
     fallback_after = settings.fallback_after_s
