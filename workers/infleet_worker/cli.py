@@ -40,6 +40,8 @@ from collections.abc import Sequence  # noqa: E402
 
 log = logging.getLogger("infleet_worker")
 
+ADMIN_TOKEN_ENV = "INFLEET_WORKER_ADMIN_TOKEN"  # the operator sets it from the Secret infleet-worker-admin
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -86,7 +88,11 @@ async def _serve(args: argparse.Namespace) -> int:
     phases = {"import": time.monotonic() - PROCESS_START}
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     metrics = WorkerMetrics(name)
-    server = WorkerServer(name, metrics, initial_state=args.state, drain_grace_s=args.drain_grace_seconds)
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    server = WorkerServer(name, metrics, initial_state=args.state, drain_grace_s=args.drain_grace_seconds,
+                          admin_token=admin_token)
+    log.info("admin API: %s", "bearer token from " + ADMIN_TOKEN_ENV if admin_token else
+             f"loopback clients only ({ADMIN_TOKEN_ENV} is not set)")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.begin_drain)
@@ -102,7 +108,7 @@ async def _serve(args: argparse.Namespace) -> int:
             phases.update(loaded.timings)
             log.info("model %s on %s (%s): load %.2fs, warm-up %.2fs", name, spec.device, spec.dtype,
                      loaded.timings["load"], loaded.timings["warmup"])
-            return ServedModel(name, engine, loaded.tokenizer)
+            return ServedModel(name, engine, loaded.tokenizer, loaded.chat_template)
 
         try:
             served = await loop.run_in_executor(None, load)

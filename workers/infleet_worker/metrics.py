@@ -26,7 +26,10 @@ class WorkerMetrics:
         self.waiting = Gauge(p + "num_requests_waiting", "Requests admitted and queued, not yet running", m,
                              registry=r)
         self.running = Gauge(p + "num_requests_running", "Requests in the running batch", m, registry=r)
-        self.kv_usage = Gauge(p + "kv_cache_usage_perc", "KV-cache blocks in use, 0..1", m, registry=r)
+        self.kv_usage = Gauge(p + "kv_cache_usage_perc", "Fraction of the KV cache's token capacity holding tokens, 0..1",
+                              m, registry=r)
+        self.kv_tokens = Gauge(p + "kv_cache_tokens", "Tokens whose keys and values the KV cache holds", m, registry=r)
+        self.kv_capacity = Gauge(p + "kv_cache_capacity_tokens", "Tokens the KV cache can hold", m, registry=r)
         self.latency = Histogram(p + "request_latency_seconds", "Arrival to last token, per finished request", m,
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram(p + "time_to_first_token_seconds", "Arrival to first generated token", m,
@@ -51,6 +54,8 @@ class WorkerMetrics:
         self.waiting.labels(self.model).set_function(lambda: engine.num_waiting)
         self.running.labels(self.model).set_function(lambda: engine.num_running)
         self.kv_usage.labels(self.model).set_function(lambda: engine.kv_usage)
+        self.kv_tokens.labels(self.model).set_function(lambda: engine.kv_tokens_held)
+        self.kv_capacity.labels(self.model).set(engine.kv_capacity_tokens)
 
     def set_state(self, state: str) -> None:
         for s in LIFECYCLE_STATES:
@@ -72,7 +77,6 @@ class WorkerMetrics:
         self.latency.labels(self.model).observe(req.latency_s)
         if req.tpot_s is not None:
             self.tpot.labels(self.model).observe(req.tpot_s)
-        self.generation_tokens.labels(self.model).inc(req.completion_tokens)
 
     def on_rejected(self) -> None:
         self.requests.labels(self.model, "rejected").inc()
@@ -81,3 +85,6 @@ class WorkerMetrics:
         self.batch_size.labels(self.model).observe(batch_size)
         if prefill_tokens:
             self.prompt_tokens.labels(self.model).inc(prefill_tokens)
+
+    def on_tokens_generated(self, n: int) -> None:
+        self.generation_tokens.labels(self.model).inc(n)

@@ -82,7 +82,7 @@ def test_streaming_chat_equals_non_streaming(make_engine: Callable[..., Engine])
             r = await client.post("/v1/chat/completions", json={**req, "stream": True})
             assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
             chunks = sse_events(await r.text())
-            assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+            assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
             assert all(c["object"] == "chat.completion.chunk" for c in chunks)
             streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
             assert streamed == full["choices"][0]["message"]["content"]
