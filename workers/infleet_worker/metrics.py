@@ -26,8 +26,8 @@ class WorkerMetrics:
         self.waiting = Gauge(p + "num_requests_waiting", "Requests admitted and queued, not yet running", m,
                              registry=r)
         self.running = Gauge(p + "num_requests_running", "Requests in the running batch", m, registry=r)
-        self.kv_usage = Gauge(p + "kv_cache_usage_perc", "Fraction of the KV cache's token capacity holding tokens, 0..1",
-                              m, registry=r)
+        self.kv_usage = Gauge(p + "kv_cache_usage_perc", "Share of the KV cache's token capacity in use, 0..1", m,
+                              registry=r)
         self.kv_tokens = Gauge(p + "kv_cache_tokens", "Tokens whose keys and values the KV cache holds", m, registry=r)
         self.kv_capacity = Gauge(p + "kv_cache_capacity_tokens", "Tokens the KV cache can hold", m, registry=r)
         self.latency = Histogram(p + "request_latency_seconds", "Arrival to last token, per finished request", m,
