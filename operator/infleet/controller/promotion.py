@@ -12,7 +12,7 @@ from labels and owner references, so a restarted operator sees exactly what the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,11 +35,26 @@ class WorkerStateClient(Protocol):
     def promote(self, pod: Obj) -> bool: ...
 
 
-class HttpWorkerState:
-    """POST http://<podIP>:8000/admin/state {"state": "serving"}; a refusal, timeout or non-2xx is False."""
+TokenLookup = Callable[[str], str | None]  # namespace -> the workers' admin token there (None: none known)
 
-    def __init__(self, timeout_s: float = 2.0) -> None:
+
+class HttpWorkerState:
+    """POST http://<podIP>:8000/admin/state {"state": "serving"}; a refusal, timeout or non-2xx is False.
+
+    The worker's admin API wants `Authorization: Bearer <token>`; `admin_token` looks the token up by the pod's
+    namespace (the Secret `infleet-worker-admin` there, see `admin_secret.ensure_admin_secret`). Without a
+    lookup, or when it finds none, the request goes without the header (and a worker with a token refuses it).
+    """
+
+    def __init__(self, timeout_s: float = 2.0, admin_token: TokenLookup | None = None) -> None:
         self.client = httpx.Client(timeout=timeout_s, trust_env=False)
+        self.admin_token = admin_token
+
+    def _headers(self, pod: Obj) -> dict[str, str]:
+        if self.admin_token is None:
+            return {}
+        token = self.admin_token(pod["metadata"].get("namespace", ""))
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def promote(self, pod: Obj) -> bool:
         ip = pod.get("status", {}).get("podIP")
@@ -48,7 +63,8 @@ class HttpWorkerState:
             log.info("warm pod %s has no IP yet; not promoted", name)
             return False
         try:
-            resp = self.client.post(f"http://{ip}:{WORKER_PORT}/admin/state", json={"state": "serving"})
+            resp = self.client.post(f"http://{ip}:{WORKER_PORT}/admin/state", json={"state": "serving"},
+                                    headers=self._headers(pod))
         except httpx.HTTPError as exc:
             log.info("warm pod %s did not take the promotion (%s); starting a cold pod instead", name, exc)
             return False

@@ -219,3 +219,22 @@ def test_http_client_posts_the_state_and_treats_refusals_as_not_promotable() -> 
     assert not client.promote(pod)  # 503: the worker is not ready to serve
     del pod["status"]["podIP"]
     assert not client.promote(pod)
+
+
+def test_http_client_sends_the_namespace_admin_token() -> None:
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Authorization"))
+        return httpx.Response(200, json={"state": "serving"})
+
+    tokens = {"ns": "tok-ns"}
+    client = HttpWorkerState(admin_token=tokens.get)
+    client.client = httpx.Client(transport=httpx.MockTransport(handler))
+    pod = wpod("w", "cheap")
+    pod["status"]["podIP"] = "10.0.0.1"
+    pod["metadata"]["namespace"] = "ns"
+    assert client.promote(pod)
+    pod["metadata"]["namespace"] = "elsewhere"  # no token known there: no header at all
+    assert client.promote(pod)
+    assert seen == ["Bearer tok-ns", None]
