@@ -254,3 +254,37 @@ def test_health_and_readiness(make_engine: Callable[..., Engine]) -> None:
             await client.close()
 
     run(go())
+
+
+def test_token_and_kv_metrics_move_while_a_request_runs(make_engine: Callable[..., Engine]) -> None:
+    async def go() -> None:
+        # The engine is stepped by hand, so the request is mid-way for sure when the metrics are read.
+        async with serving(make_engine(num_slots=4, max_seq_len=256), start=False) as (client, server):
+            assert server.model is not None
+            engine = server.model.engine
+            pending = asyncio.ensure_future(client.post("/v1/completions", json={
+                "prompt": "abcdefgh", "max_tokens": 200, "ignore_eos": True}))
+            while engine.num_waiting == 0:
+                await asyncio.sleep(0.005)
+            for _ in range(10):
+                engine.step()  # the first step prefills and decodes (2 tokens), each later one decodes 1
+            text = await (await client.get("/metrics")).text()
+
+            def value(series: str) -> float:
+                m = re.search(rf"^{re.escape(series)} (\S+)$", text, flags=re.M)
+                assert m, f"{series} missing"
+                return float(m.group(1))
+
+            # Counted per token while the request runs, not when it ends.
+            assert value('infleet_worker_generation_tokens_total{model="tiny"}') == 11
+            # KV: BOS + 8 prompt bytes + 10 decoded tokens' keys/values held (the 11th is not yet fed back).
+            assert value('infleet_worker_kv_cache_tokens{model="tiny"}') == 19
+            assert value('infleet_worker_kv_cache_capacity_tokens{model="tiny"}') == 4 * 256
+            assert value('infleet_worker_kv_cache_usage_perc{model="tiny"}') == pytest.approx(19 / (4 * 256))
+            engine.start()
+            assert (await pending).status == 200
+            text = await (await client.get("/metrics")).text()
+            assert value('infleet_worker_generation_tokens_total{model="tiny"}') == 200
+            assert value('infleet_worker_kv_cache_tokens{model="tiny"}') == 0
+
+    run(go())
