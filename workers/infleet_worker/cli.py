@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace) -> int:
     # Imported here so the `import` start-up phase (torch, aiohttp) is measured from process start.
-    from infleet_worker.devices import resolve_device
+    from infleet_worker.devices import cuda_identity, resolve_device
+    from infleet_worker.energy import meter_for_device
     from infleet_worker.engine import EngineConfig
     from infleet_worker.loader import build_engine, load_model
     from infleet_worker.metrics import WorkerMetrics
@@ -103,6 +104,10 @@ async def _serve(args: argparse.Namespace) -> int:
 
         def load() -> ServedModel:
             spec = resolve_device(args.device, args.dtype)
+            indices, uuids = cuda_identity(spec)
+            meter = meter_for_device(spec.family, indices, uuids)
+            meter.start()
+            metrics.bind_energy(meter)
             loaded = load_model(args.model, spec, seed=args.seed)
             engine = build_engine(loaded, spec, config, cuda_graphs=not args.no_cuda_graphs, observer=metrics)
             phases.update(loaded.timings)

@@ -4,8 +4,13 @@ ones the Gateway API Inference Extension's endpoint picker is configured with.""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from infleet_worker.energy import EnergyMeter
 from infleet_worker.engine import Engine, FinishedRequest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60)
@@ -13,6 +18,31 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LIFECYCLE_STATES = ("starting", "warm", "serving", "draining")
 STARTUP_PHASES = ("import", "load", "warmup", "total")
 FINISH_STATUSES = ("stop", "length", "abort", "error", "rejected")
+
+
+class EnergyCollector(Collector):
+    """`energy_joules_total{device}` read from the meter at scrape time (absent when nothing is measurable) and
+    `energy_measurable` (1/0; 0 until the device is known)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.meter: EnergyMeter | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        meter = self.meter
+        measurable = GaugeMetricFamily("infleet_worker_energy_measurable",
+                                       "1 when the device's energy counter can be read (reason in the log if 0)",
+                                       labels=["model"])
+        measurable.add_metric([self.model], 1.0 if meter is not None and meter.measurable else 0.0)
+        yield measurable
+        if meter is None or not meter.measurable:
+            return
+        joules = CounterMetricFamily("infleet_worker_energy_joules",
+                                     "Energy the device used since the worker started, from its hardware counter",
+                                     labels=["model", "device"])
+        for device, value in sorted(meter.read().joules_by_device.items()):
+            joules.add_metric([self.model, device], value)
+        yield joules
 
 
 class WorkerMetrics:
@@ -46,6 +76,8 @@ class WorkerMetrics:
                              [*m, "phase"], registry=r)
         self.lifecycle = Gauge(p + "lifecycle_state", "1 for the current lifecycle state", [*m, "state"],
                                registry=r)
+        self.energy = EnergyCollector(model)
+        r.register(self.energy)
         for status in FINISH_STATUSES:
             self.requests.labels(model, status)  # export zeros so rate() works from the first scrape
         self.set_state("starting")
@@ -56,6 +88,9 @@ class WorkerMetrics:
         self.kv_usage.labels(self.model).set_function(lambda: engine.kv_usage)
         self.kv_tokens.labels(self.model).set_function(lambda: engine.kv_tokens_held)
         self.kv_capacity.labels(self.model).set(engine.kv_capacity_tokens)
+
+    def bind_energy(self, meter: EnergyMeter) -> None:
+        self.energy.meter = meter
 
     def set_state(self, state: str) -> None:
         for s in LIFECYCLE_STATES:

@@ -18,6 +18,7 @@ pytest.importorskip("aiohttp")
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from infleet_worker.energy import EnergyMeter
 from infleet_worker.engine import Engine, SamplingParams
 from infleet_worker.metrics import WorkerMetrics
 from infleet_worker.server import ServedModel, WorkerServer
@@ -189,6 +190,13 @@ def test_admin_drain_finishes_in_flight_and_refuses_new(make_engine: Callable[..
     run(go())
 
 
+class FixedEnergy:
+    device = "test-0"
+
+    def read_joules(self) -> float:
+        return 1.5
+
+
 def contract_metric_names() -> list[str]:
     section = METRICS_DOC.read_text().split("## Worker", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"^\| `(infleet_worker_[a-z_]+)` \|", section, flags=re.M)
@@ -201,6 +209,9 @@ def test_metrics_follow_the_contract_and_count_a_known_load(make_engine: Callabl
     async def go() -> None:
         async with serving(make_engine()) as (client, server):
             server.metrics.set_startup({"import": 0.5, "load": 1.25, "warmup": 0.25, "total": 2.0})
+            # This machine may have no readable energy counter: a fixed source stands in (test_energy.py covers
+            # the real sources), so the joule series is exported as where it is measurable.
+            server.metrics.bind_energy(EnergyMeter([FixedEnergy()], None))
             reqs = [client.post("/v1/completions", json={"prompt": "a" * n, "max_tokens": 7, "ignore_eos": True})
                     for n in (1, 2, 3, 4, 5)]
             assert all(r.status == 200 for r in await asyncio.gather(*reqs))
