@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="queued requests beyond which new ones get 429")
     s.add_argument("--max-batched-tokens", type=int, default=int(_env("INFLEET_MAX_BATCHED_TOKENS", "512")),
                    help="per-step token budget shared by decode and prefill")
+    s.add_argument("--prefix-cache-blocks", type=int, default=int(_env("INFLEET_PREFIX_CACHE_BLOCKS", "0")),
+                   help="blocks of 16 tokens' keys/values kept for prefix reuse (repeated system prompts, earlier "
+                        "chat turns); 0 = off")
     s.add_argument("--no-cuda-graphs", action="store_true", help="run decode eagerly on CUDA")
     s.add_argument("--seed", type=int, default=int(_env("INFLEET_SEED", "0")), help="seed of built-in random weights")
     s.add_argument("--log-level", default=_env("INFLEET_LOG_LEVEL", "INFO"))
@@ -98,7 +101,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.begin_drain)
     config = EngineConfig(num_slots=args.num_slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
-                          max_num_batched_tokens=args.max_batched_tokens)
+                          max_num_batched_tokens=args.max_batched_tokens, prefix_cache_blocks=args.prefix_cache_blocks)
     async with running_site(server.app(), args.host, args.port):
         log.info("listening on %s:%d; loading %s", args.host, args.port, args.model)
 

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import torch
 
+from infleet_worker.prefix_cache import PrefixCache
 from infleet_worker.runner import ModelRunner
 from infleet_worker.sampling import RowOptions, TokenLogprob, sample_row, seeded_generator
 from infleet_worker.tokenizer import Tokenizer
@@ -125,6 +126,8 @@ class EngineObserver(Protocol):
 
     def on_tokens_generated(self, n: int) -> None: ...
 
+    def on_prefix_lookup(self, prompt_tokens: int, hit_tokens: int) -> None: ...
+
 
 Sink = Callable[[RequestOutput], None]
 
@@ -137,6 +140,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # per-step token budget (decode tokens + prefill tokens)
     min_prefill_chunk: int = 32  # prefill progress per step even when decode uses the whole budget
     retry_after_s: int = 1
+    prefix_cache_blocks: int = 0  # blocks of cached prompt/history K/V for prefix reuse; 0 = off
+    prefix_block_size: int = 16
 
 
 @dataclass
@@ -164,6 +169,8 @@ class Engine:
         if config.num_slots > runner.cache.num_slots or config.max_seq_len > runner.cache.max_seq_len:
             raise ValueError("engine config exceeds the runner's KV cache")
         self.runner, self.tokenizer, self.cfg, self.observer = runner, tokenizer, config, observer
+        self.prefix = (PrefixCache(runner.cache, config.prefix_cache_blocks, config.prefix_block_size)
+                       if config.prefix_cache_blocks > 0 else None)
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []  # _running[i] lives in cache slot i
         self._prefilling: _Seq | None = None  # at most one prompt is mid-way through chunked prefill
@@ -312,6 +319,10 @@ class Engine:
                 return None
             seq = self._waiting.popleft()
         seq.slot = self._free_slots.pop(self._free_slots.index(min(self._free_slots)))
+        if self.prefix is not None:
+            seq.cached = self.prefix.load(seq.prompt_ids, seq.slot)  # these tokens skip prefill
+            if self.observer is not None:
+                self.observer.on_prefix_lookup(len(seq.prompt_ids), seq.cached)
         return seq
 
     def step(self) -> None:
@@ -334,6 +345,8 @@ class Engine:
             if seq.cached < len(seq.prompt_ids):
                 break
             self._prefilling = None
+            if self.prefix is not None:
+                self.prefix.store(seq.prompt_ids, seq.slot, seq.cached)
             ((token, logprob),) = self._sample(logits[None], [seq])
             self._join_running(seq)
             self._count_generated(1)
@@ -448,6 +461,9 @@ class Engine:
 
     def _retire(self, seq: _Seq, reason: str, now: float) -> None:
         seq.done = True
+        if self.prefix is not None and reason in ("stop", "length") and seq.slot >= 0:
+            # The conversation so far, for its next turn: every token whose keys/values are in the slot.
+            self.prefix.store([*seq.prompt_ids, *seq.output_ids], seq.slot, seq.cached)
         if seq in self._running:
             idx = self._running.index(seq)
             last = self._running.pop()

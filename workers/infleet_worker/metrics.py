@@ -69,6 +69,13 @@ class WorkerMetrics:
         self.requests = Counter(p + "requests", "Finished requests by status", [*m, "status"], registry=r)
         self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed", m, registry=r)
         self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated", m, registry=r)
+        self.prefix_query = Counter(p + "prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache", m,
+                                    registry=r)
+        self.prefix_hit = Counter(p + "prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache (no prefill)",
+                                  m, registry=r)
+        self.prefix_blocks = Gauge(p + "prefix_cache_blocks", "Prefix-cache blocks holding tokens", m, registry=r)
+        self.prefix_capacity = Gauge(p + "prefix_cache_capacity_blocks", "Prefix-cache blocks allocated (0: off)", m,
+                                     registry=r)
         self.batch_size = Histogram(p + "batch_size", "Sequences in each engine step", m, buckets=BATCH_BUCKETS,
                                     registry=r)
         self.model_load = Gauge(p + "model_load_seconds", "Time to load the weights", m, registry=r)
@@ -88,6 +95,11 @@ class WorkerMetrics:
         self.kv_usage.labels(self.model).set_function(lambda: engine.kv_usage)
         self.kv_tokens.labels(self.model).set_function(lambda: engine.kv_tokens_held)
         self.kv_capacity.labels(self.model).set(engine.kv_capacity_tokens)
+        prefix = engine.prefix
+        self.prefix_blocks.labels(self.model).set_function(lambda: prefix.blocks_in_use if prefix is not None else 0)
+        self.prefix_capacity.labels(self.model).set(prefix.num_blocks if prefix is not None else 0)
+        self.prefix_query.labels(self.model)
+        self.prefix_hit.labels(self.model)
 
     def bind_energy(self, meter: EnergyMeter) -> None:
         self.energy.meter = meter
@@ -120,6 +132,11 @@ class WorkerMetrics:
         self.batch_size.labels(self.model).observe(batch_size)
         if prefill_tokens:
             self.prompt_tokens.labels(self.model).inc(prefill_tokens)
+
+    def on_prefix_lookup(self, prompt_tokens: int, hit_tokens: int) -> None:
+        self.prefix_query.labels(self.model).inc(prompt_tokens)
+        if hit_tokens:
+            self.prefix_hit.labels(self.model).inc(hit_tokens)
 
     def on_tokens_generated(self, n: int) -> None:
         self.generation_tokens.labels(self.model).inc(n)
