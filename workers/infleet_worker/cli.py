@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=_env("INFLEET_DEVICE", "auto"),
                    choices=["auto", "cuda", "cpu", "neuron", "xla"])
     s.add_argument("--dtype", default=_env("INFLEET_DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
+    s.add_argument("--quantize", default=_env("INFLEET_QUANTIZE", "none"), choices=["none", "int8"],
+                   help="int8: weight-only int8 linear layers (a quarter of fp32's weight memory, half of bf16's)")
     s.add_argument("--host", default=_env("INFLEET_HOST", "0.0.0.0"))
     s.add_argument("--port", type=int, default=int(_env("INFLEET_PORT", "8000")))
     s.add_argument("--state", default=_env("INFLEET_INITIAL_STATE", "serving"), choices=["warm", "serving"],
@@ -111,7 +113,7 @@ async def _serve(args: argparse.Namespace) -> int:
             meter = meter_for_device(spec.family, indices, uuids)
             meter.start()
             metrics.bind_energy(meter)
-            loaded = load_model(args.model, spec, seed=args.seed)
+            loaded = load_model(args.model, spec, seed=args.seed, quantize=args.quantize)
             engine = build_engine(loaded, spec, config, cuda_graphs=not args.no_cuda_graphs, observer=metrics)
             phases.update(loaded.timings)
             log.info("model %s on %s (%s): load %.2fs, warm-up %.2fs", name, spec.device, spec.dtype,

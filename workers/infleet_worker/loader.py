@@ -16,6 +16,7 @@ from infleet_worker.config import builtin_config
 from infleet_worker.devices import DeviceSpec
 from infleet_worker.engine import Engine, EngineConfig, EngineObserver, SamplingParams
 from infleet_worker.model import LlamaModel
+from infleet_worker.quant import quantize_int8
 from infleet_worker.runner import ModelRunner
 from infleet_worker.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
@@ -31,7 +32,7 @@ class LoadedModel:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def load_model(model: str, spec: DeviceSpec, seed: int = 0) -> LoadedModel:
+def load_model(model: str, spec: DeviceSpec, seed: int = 0, quantize: str = "none") -> LoadedModel:
     """`model` is a directory holding `config.json` + safetensors, or the name of a built-in configuration."""
     t0 = time.monotonic()
     path = Path(model)
@@ -44,6 +45,10 @@ def load_model(model: str, spec: DeviceSpec, seed: int = 0) -> LoadedModel:
         m = random_model(builtin_config(model), spec.device, spec.dtype, seed)
         tok, chat = ByteTokenizer(), TranscriptTemplate()
         name = model
+    if quantize == "int8":
+        quantize_int8(m)
+    elif quantize != "none":
+        raise ValueError(f"unknown quantisation {quantize!r}; choose none or int8")
     if spec.family == "cuda":
         torch.cuda.synchronize()
     log.info("tokenizer: %s; BOS %s, EOS %s", tok.description, tok.bos_id, list(tok.eos_ids))
