@@ -34,6 +34,7 @@ from infleet_worker.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
 
 from .hf_checkpoint import TinyCheckpoint, build_checkpoint, reference_greedy, reference_prompt_ids
 
+ADMIN_TOKEN = "test-admin-token"
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "What is the capital of France?"}]
 
@@ -55,7 +56,8 @@ def worker_url(checkpoint: TinyCheckpoint) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "infleet_worker.cli", "serve", "--model", str(checkpoint.path), "--device", "cpu",
          "--host", "127.0.0.1", "--port", str(port), "--max-seq-len", "256", "--num-slots", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "INFLEET_WORKER_ADMIN_TOKEN": ADMIN_TOKEN})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -76,6 +78,7 @@ def worker_url(checkpoint: TinyCheckpoint) -> Iterator[str]:
         log = out.decode()
         # The start-up log names the tokenizer and the template in use.
         assert "tokenizer: tokenizers (" in log and "chat template: Jinja chat template from" in log, log
+        assert "admin API: bearer token from INFLEET_WORKER_ADMIN_TOKEN" in log, log
 
 
 def test_openai_sdk_chat_gets_the_reference_greedy_tokens(checkpoint: TinyCheckpoint, worker_url: str) -> None:
@@ -94,6 +97,26 @@ def test_openai_sdk_chat_gets_the_reference_greedy_tokens(checkpoint: TinyCheckp
     assert choice.logprobs is not None and choice.logprobs.content is not None
     assert [c.token for c in choice.logprobs.content] == [checkpoint.tokenizer.decode([t]) for t in expected]
     assert len(expected) >= 5  # the comparison covers real decoding steps, not one token
+
+
+def test_the_process_takes_its_admin_token_from_the_environment(worker_url: str) -> None:
+    def admin(headers: dict[str, str]) -> int:
+        req = urllib.request.Request(worker_url + "/admin/state", json.dumps({"state": "warm"}).encode(),
+                                     {"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    assert admin({}) == 401  # loopback is no exemption once a token is set
+    assert admin({"Authorization": "Bearer nope"}) == 401
+    assert admin({"Authorization": f"Bearer {ADMIN_TOKEN}"}) == 200
+    assert admin({"Authorization": f"Bearer {ADMIN_TOKEN}"}) == 200  # idempotent
+    req = urllib.request.Request(worker_url + "/admin/state", json.dumps({"state": "serving"}).encode(),
+                                 {"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.loads(r.read()) == {"state": "serving"}
 
 
 def test_chat_without_a_token_limit_is_not_cut_at_16(checkpoint: TinyCheckpoint, worker_url: str) -> None:
