@@ -126,6 +126,8 @@ class EngineObserver(Protocol):
 
     def on_tokens_generated(self, n: int) -> None: ...
 
+    def on_prefilled(self, n: int) -> None: ...
+
     def on_prefix_lookup(self, prompt_tokens: int, hit_tokens: int) -> None: ...
 
 
@@ -342,6 +344,8 @@ class Engine:
             seq.cached += n
             budget -= n
             prefill_tokens += n
+            if self.observer is not None:  # counted before this request's first token can reach its client
+                self.observer.on_prefilled(n)
             if seq.cached < len(seq.prompt_ids):
                 break
             self._prefilling = None

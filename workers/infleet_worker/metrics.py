@@ -130,8 +130,9 @@ class WorkerMetrics:
 
     def on_step(self, batch_size: int, prefill_tokens: int, decode_tokens: int) -> None:
         self.batch_size.labels(self.model).observe(batch_size)
-        if prefill_tokens:
-            self.prompt_tokens.labels(self.model).inc(prefill_tokens)
+
+    def on_prefilled(self, n: int) -> None:
+        self.prompt_tokens.labels(self.model).inc(n)
 
     def on_prefix_lookup(self, prompt_tokens: int, hit_tokens: int) -> None:
         self.prefix_query.labels(self.model).inc(prompt_tokens)
