@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from infleet_worker.config import ModelConfig
+from infleet_worker.config import ModelConfig, check_supported
 from infleet_worker.model import LlamaModel, init_random_weights, rope_inv_freq
 
 HF_PREFIX = "model."
@@ -105,8 +105,7 @@ def load_checkpoint(path: Path, device: torch.device, dtype: torch.dtype) -> Lla
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint directory: no config.json")
     raw = json.loads((path / "config.json").read_text())
-    if raw.get("attention_bias") or raw.get("mlp_bias"):
-        raise ValueError("checkpoints with attention or MLP biases are not supported")
+    check_supported(raw)
     cfg = ModelConfig.from_hf_dict(raw)
     files = sorted(path.glob("*.safetensors"))
     if not files:

@@ -40,6 +40,8 @@ from collections.abc import Sequence  # noqa: E402
 
 log = logging.getLogger("infleet_worker")
 
+ADMIN_TOKEN_ENV = "INFLEET_WORKER_ADMIN_TOKEN"  # the operator sets it from the Secret infleet-worker-admin
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=_env("INFLEET_DEVICE", "auto"),
                    choices=["auto", "cuda", "cpu", "neuron", "xla"])
     s.add_argument("--dtype", default=_env("INFLEET_DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
+    s.add_argument("--quantize", default=_env("INFLEET_QUANTIZE", "none"), choices=["none", "int8"],
+                   help="int8: weight-only int8 linear layers (a quarter of fp32's weight memory, half of bf16's)")
     s.add_argument("--host", default=_env("INFLEET_HOST", "0.0.0.0"))
     s.add_argument("--port", type=int, default=int(_env("INFLEET_PORT", "8000")))
     s.add_argument("--state", default=_env("INFLEET_INITIAL_STATE", "serving"), choices=["warm", "serving"],
@@ -69,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="queued requests beyond which new ones get 429")
     s.add_argument("--max-batched-tokens", type=int, default=int(_env("INFLEET_MAX_BATCHED_TOKENS", "512")),
                    help="per-step token budget shared by decode and prefill")
+    s.add_argument("--prefix-cache-blocks", type=int, default=int(_env("INFLEET_PREFIX_CACHE_BLOCKS", "0")),
+                   help="blocks of 16 tokens' keys/values kept for prefix reuse (repeated system prompts, earlier "
+                        "chat turns); 0 = off")
     s.add_argument("--no-cuda-graphs", action="store_true", help="run decode eagerly on CUDA")
     s.add_argument("--seed", type=int, default=int(_env("INFLEET_SEED", "0")), help="seed of built-in random weights")
     s.add_argument("--log-level", default=_env("INFLEET_LOG_LEVEL", "INFO"))
@@ -77,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace) -> int:
     # Imported here so the `import` start-up phase (torch, aiohttp) is measured from process start.
-    from infleet_worker.devices import resolve_device
+    from infleet_worker.devices import cuda_identity, resolve_device
+    from infleet_worker.energy import meter_for_device
     from infleet_worker.engine import EngineConfig
     from infleet_worker.loader import build_engine, load_model
     from infleet_worker.metrics import WorkerMetrics
@@ -86,23 +94,31 @@ async def _serve(args: argparse.Namespace) -> int:
     phases = {"import": time.monotonic() - PROCESS_START}
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     metrics = WorkerMetrics(name)
-    server = WorkerServer(name, metrics, initial_state=args.state, drain_grace_s=args.drain_grace_seconds)
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    server = WorkerServer(name, metrics, initial_state=args.state, drain_grace_s=args.drain_grace_seconds,
+                          admin_token=admin_token)
+    log.info("admin API: %s", "bearer token from " + ADMIN_TOKEN_ENV if admin_token else
+             f"loopback clients only ({ADMIN_TOKEN_ENV} is not set)")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.begin_drain)
     config = EngineConfig(num_slots=args.num_slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
-                          max_num_batched_tokens=args.max_batched_tokens)
+                          max_num_batched_tokens=args.max_batched_tokens, prefix_cache_blocks=args.prefix_cache_blocks)
     async with running_site(server.app(), args.host, args.port):
         log.info("listening on %s:%d; loading %s", args.host, args.port, args.model)
 
         def load() -> ServedModel:
             spec = resolve_device(args.device, args.dtype)
-            loaded = load_model(args.model, spec, seed=args.seed)
+            indices, uuids = cuda_identity(spec)
+            meter = meter_for_device(spec.family, indices, uuids)
+            meter.start()
+            metrics.bind_energy(meter)
+            loaded = load_model(args.model, spec, seed=args.seed, quantize=args.quantize)
             engine = build_engine(loaded, spec, config, cuda_graphs=not args.no_cuda_graphs, observer=metrics)
             phases.update(loaded.timings)
             log.info("model %s on %s (%s): load %.2fs, warm-up %.2fs", name, spec.device, spec.dtype,
                      loaded.timings["load"], loaded.timings["warmup"])
-            return ServedModel(name, engine, loaded.tokenizer)
+            return ServedModel(name, engine, loaded.tokenizer, loaded.chat_template)
 
         try:
             served = await loop.run_in_executor(None, load)

@@ -104,6 +104,40 @@ class ModelConfig:
         return cls.from_hf_dict(json.loads(path.read_text()))
 
 
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+SUPPORTED_ACTIVATIONS = ("silu",)
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint is of an architecture (or a variant) the engine does not implement: refuse, never guess."""
+
+
+def check_supported(raw: dict[str, Any]) -> None:
+    """Refuse checkpoints whose maths differ from this engine's Llama (a Gemma or Qwen checkpoint would load and
+    compute wrong logits otherwise)."""
+    archs = raw.get("architectures")
+    if archs is not None:
+        if not isinstance(archs, list) or not archs or any(a not in SUPPORTED_ARCHITECTURES for a in archs):
+            raise UnsupportedModelError(
+                f"config.json declares architectures {archs!r}; this worker implements only "
+                f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    elif raw.get("model_type") != "llama":
+        raise UnsupportedModelError(
+            f"config.json has no `architectures` and model_type {raw.get('model_type')!r}; this worker implements "
+            f"only {', '.join(SUPPORTED_ARCHITECTURES)} (model_type 'llama')")
+    act = raw.get("hidden_act", "silu")
+    if act not in SUPPORTED_ACTIVATIONS:
+        raise UnsupportedModelError(f"hidden_act {act!r} is not implemented (supported: "
+                                    f"{', '.join(SUPPORTED_ACTIVATIONS)})")
+    if raw.get("attention_bias") or raw.get("mlp_bias"):
+        raise UnsupportedModelError("checkpoints with attention or MLP biases are not supported")
+    if raw.get("quantization_config"):
+        method = raw["quantization_config"].get("quant_method", "?") if isinstance(raw["quantization_config"],
+                                                                                  dict) else "?"
+        raise UnsupportedModelError(f"pre-quantised checkpoints ({method}) are not supported; serve the "
+                                    "unquantised weights")
+
+
 BYTE_VOCAB = 256 + 2  # the fallback byte tokenizer: 256 bytes, then BOS and EOS
 
 BUILTIN_MODELS: dict[str, ModelConfig] = {

@@ -81,3 +81,12 @@ def _dtype(family: str, name: str) -> torch.dtype:
         return table[name]
     except KeyError:
         raise DeviceUnavailableError(f"unknown dtype {name!r}; choose auto, {', '.join(table)}") from None
+
+
+def cuda_identity(spec: DeviceSpec) -> tuple[list[int], list[str | None]]:
+    """The CUDA device index the worker runs on and its UUID (NVML numbers every GPU on the node, CUDA only the
+    visible ones, so the UUID is what matches the two); empty for other families."""
+    if spec.family != "cuda" or spec.device.index is None:
+        return [], []
+    uuid = getattr(torch.cuda.get_device_properties(spec.device.index), "uuid", None)
+    return [spec.device.index], [str(uuid) if uuid is not None else None]

@@ -21,7 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
+from infleet_worker.prefix_cache import PrefixCache
 from infleet_worker.runner import ModelRunner
+from infleet_worker.sampling import RowOptions, TokenLogprob, sample_row, seeded_generator
 from infleet_worker.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,8 +51,13 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    seed: int | None = None  # reproducible sampling: the request gets its own generator
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # None: none; n >= 0: the chosen token's logprob and the n most likely
 
-    def validate(self) -> None:
+    def validate(self, vocab_size: int | None = None) -> None:
         if self.max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if not 0.0 <= self.temperature <= 100.0:
@@ -57,6 +66,27 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop sequences must be non-empty strings")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise InvalidRequestError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise InvalidRequestError(f"top_logprobs must be in [0, 20], got {self.logprobs}")
+        for tid, bias in self.logit_bias:
+            if vocab_size is not None and not 0 <= tid < vocab_size:
+                raise InvalidRequestError(f"logit_bias: token id {tid} is outside the vocabulary (0..{vocab_size - 1})")
+            if not -100.0 <= bias <= 100.0:
+                raise InvalidRequestError(f"logit_bias: bias {bias} for token {tid} is outside [-100, 100]")
+
+    @property
+    def plain(self) -> bool:
+        """True when the batched sampler covers this request (no seed, penalties, bias or logprobs)."""
+        return (self.seed is None and not self.presence_penalty and not self.frequency_penalty
+                and not self.logit_bias and self.logprobs is None)
+
+    def row_options(self) -> RowOptions:
+        return RowOptions(temperature=self.temperature, top_p=self.top_p, presence_penalty=self.presence_penalty,
+                          frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
+                          top_logprobs=self.logprobs)
 
 
 @dataclass(frozen=True)
@@ -70,6 +100,7 @@ class RequestOutput:
     finish_reason: str | None  # stop | length | abort | error
     prompt_tokens: int
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token in `token_ids`, when the request asked for them
 
 
 @dataclass(frozen=True)
@@ -93,6 +124,12 @@ class EngineObserver(Protocol):
 
     def on_step(self, batch_size: int, prefill_tokens: int, decode_tokens: int) -> None: ...
 
+    def on_tokens_generated(self, n: int) -> None: ...
+
+    def on_prefilled(self, n: int) -> None: ...
+
+    def on_prefix_lookup(self, prompt_tokens: int, hit_tokens: int) -> None: ...
+
 
 Sink = Callable[[RequestOutput], None]
 
@@ -105,6 +142,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # per-step token budget (decode tokens + prefill tokens)
     min_prefill_chunk: int = 32  # prefill progress per step even when decode uses the whole budget
     retry_after_s: int = 1
+    prefix_cache_blocks: int = 0  # blocks of cached prompt/history K/V for prefix reuse; 0 = off
+    prefix_block_size: int = 16
 
 
 @dataclass
@@ -123,6 +162,7 @@ class _Seq:
     prefix_offset: int = 0  # incremental detokenization window (see Engine._detokenize)
     read_offset: int = 0
     done: bool = False
+    generator: torch.Generator | None = None  # a seeded request's own
 
 
 class Engine:
@@ -131,6 +171,8 @@ class Engine:
         if config.num_slots > runner.cache.num_slots or config.max_seq_len > runner.cache.max_seq_len:
             raise ValueError("engine config exceeds the runner's KV cache")
         self.runner, self.tokenizer, self.cfg, self.observer = runner, tokenizer, config, observer
+        self.prefix = (PrefixCache(runner.cache, config.prefix_cache_blocks, config.prefix_block_size)
+                       if config.prefix_cache_blocks > 0 else None)
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []  # _running[i] lives in cache slot i
         self._prefilling: _Seq | None = None  # at most one prompt is mid-way through chunked prefill
@@ -147,7 +189,7 @@ class Engine:
 
     # ---- thread-safe API -------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink, request_id: str | None = None) -> str:
-        params.validate()
+        params.validate(self.runner.model.cfg.vocab_size)
         if not prompt_ids:
             raise InvalidRequestError("prompt is empty")
         total = len(prompt_ids) + params.max_tokens
@@ -166,7 +208,8 @@ class Engine:
                 self._reject()
                 raise RequestRejectedError(f"request queue is full ({self.cfg.max_waiting} waiting)", "queue_full",
                                            self.cfg.retry_after_s)
-            self._waiting.append(_Seq(rid, list(prompt_ids), params, sink, time.monotonic()))
+            gen = seeded_generator(params.seed) if params.seed is not None else None
+            self._waiting.append(_Seq(rid, list(prompt_ids), params, sink, time.monotonic(), generator=gen))
             self._cv.notify()
         return rid
 
@@ -188,8 +231,21 @@ class Engine:
         return len(self._running)
 
     @property
+    def kv_tokens_held(self) -> int:
+        """Tokens whose keys and values are in the cache now (read from another thread: a snapshot)."""
+        held = sum(s.cached for s in list(self._running))
+        prefilling = self._prefilling
+        return held + (prefilling.cached if prefilling is not None else 0)
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.cfg.num_slots * self.cfg.max_seq_len
+
+    @property
     def kv_usage(self) -> float:
-        return 1.0 - len(self._free_slots) / self.cfg.num_slots
+        """Fraction of the KV cache's token capacity holding tokens (not slots taken: eight short requests in
+        eight slots use a small part of it)."""
+        return self.kv_tokens_held / self.kv_capacity_tokens
 
     def is_idle(self) -> bool:
         with self._cv:
@@ -265,6 +321,10 @@ class Engine:
                 return None
             seq = self._waiting.popleft()
         seq.slot = self._free_slots.pop(self._free_slots.index(min(self._free_slots)))
+        if self.prefix is not None:
+            seq.cached = self.prefix.load(seq.prompt_ids, seq.slot)  # these tokens skip prefill
+            if self.observer is not None:
+                self.observer.on_prefix_lookup(len(seq.prompt_ids), seq.cached)
         return seq
 
     def step(self) -> None:
@@ -284,25 +344,30 @@ class Engine:
             seq.cached += n
             budget -= n
             prefill_tokens += n
+            if self.observer is not None:  # counted before this request's first token can reach its client
+                self.observer.on_prefilled(n)
             if seq.cached < len(seq.prompt_ids):
                 break
             self._prefilling = None
-            token = self.runner.sample(logits[None], [seq.params.temperature], [seq.params.top_p])[0]
+            if self.prefix is not None:
+                self.prefix.store(seq.prompt_ids, seq.slot, seq.cached)
+            ((token, logprob),) = self._sample(logits[None], [seq])
             self._join_running(seq)
-            self._append(seq, token)
+            self._count_generated(1)
+            self._append(seq, token, logprob)
         t1 = time.perf_counter()
         self.timers["prefill"] += t1 - t0
         batch = list(self._running)
         if batch:
             logits = self.runner.decode([s.output_ids[-1] for s in batch], [s.cached for s in batch])
             t2 = time.perf_counter()
-            tokens = self.runner.sample(logits, [s.params.temperature for s in batch],
-                                        [s.params.top_p for s in batch])
+            sampled = self._sample(logits, batch)
             t3 = time.perf_counter()
             for s in batch:  # the cache grew for every row before any finish compacts the batch
                 s.cached += 1
-            for s, t in zip(batch, tokens, strict=True):
-                self._append(s, t)
+            self._count_generated(len(batch))
+            for s, (t, lp) in zip(batch, sampled, strict=True):
+                self._append(s, t, lp)
             self.timers["decode"] += t2 - t1
             self.timers["sample"] += t3 - t2
             self.timers["append"] += time.perf_counter() - t3
@@ -310,6 +375,26 @@ class Engine:
         self.steps += 1
         if self.observer is not None and touched:
             self.observer.on_step(len(touched), prefill_tokens, len(batch))
+
+    def _count_generated(self, n: int) -> None:
+        """Counted as tokens are sampled, before any of them reaches its client (a client that has its answer
+        then sees it in the metrics), not when requests end: long streams show in rate() while they run."""
+        if self.observer is not None:
+            self.observer.on_tokens_generated(n)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[_Seq]) -> list[tuple[int, TokenLogprob | None]]:
+        """Batched sampling for plain rows; rows with a seed, penalties, bias or logprobs one at a time."""
+        if all(s.params.plain for s in seqs):
+            tokens = self.runner.sample(logits, [s.params.temperature for s in seqs], [s.params.top_p for s in seqs])
+            return [(t, None) for t in tokens]
+        out: list[tuple[int, TokenLogprob | None]] = []
+        for i, s in enumerate(seqs):
+            if s.params.plain:
+                out.append((self.runner.sample(logits[i : i + 1], [s.params.temperature], [s.params.top_p])[0], None))
+            else:
+                out.append(sample_row(logits[i], s.params.row_options(), s.output_ids, s.generator,
+                                      self.runner.generator))
+        return out
 
     def _join_running(self, seq: _Seq) -> None:
         target = len(self._running)
@@ -321,7 +406,7 @@ class Engine:
             seq.slot = target
         self._running.append(seq)
 
-    def _append(self, seq: _Seq, token: int) -> None:
+    def _append(self, seq: _Seq, token: int, logprob: TokenLogprob | None = None) -> None:
         now = time.monotonic()
         if seq.first_token_at is None:
             seq.first_token_at = now
@@ -353,10 +438,11 @@ class Engine:
         else:
             delta = text[seq.emitted :]
         seq.emitted += len(delta)
-        seq.sink(RequestOutput(seq.id, delta, (token,), reason is not None, reason, len(seq.prompt_ids),
-                               len(seq.output_ids)))
+        out = RequestOutput(seq.id, delta, (token,), reason is not None, reason, len(seq.prompt_ids),
+                            len(seq.output_ids), (logprob,) if logprob is not None else ())
         if reason is not None:
-            self._retire(seq, reason, now)
+            self._retire(seq, reason, now)  # before the last event: a client that has its answer sees the metrics
+        seq.sink(out)
 
     def _detokenize(self, seq: _Seq) -> None:
         """Incremental decoding: decode only a short window of recent tokens, and commit text once it no longer
@@ -374,11 +460,14 @@ class Engine:
         """End a request early (abort, error) with a final event."""
         if seq.done:
             return
-        seq.sink(RequestOutput(seq.id, "", (), True, reason, len(seq.prompt_ids), len(seq.output_ids)))
         self._retire(seq, reason, time.monotonic())
+        seq.sink(RequestOutput(seq.id, "", (), True, reason, len(seq.prompt_ids), len(seq.output_ids)))
 
     def _retire(self, seq: _Seq, reason: str, now: float) -> None:
         seq.done = True
+        if self.prefix is not None and reason in ("stop", "length") and seq.slot >= 0:
+            # The conversation so far, for its next turn: every token whose keys/values are in the slot.
+            self.prefix.store([*seq.prompt_ids, *seq.output_ids], seq.slot, seq.cached)
         if seq in self._running:
             idx = self._running.index(seq)
             last = self._running.pop()

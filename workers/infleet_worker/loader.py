@@ -3,19 +3,24 @@ each start-up phase (the operator's warm-pool sizing depends on how long a cold 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from infleet_worker.chat_template import ChatFormatter, TranscriptTemplate, load_chat_template
 from infleet_worker.checkpoint import load_checkpoint, random_model
 from infleet_worker.config import builtin_config
 from infleet_worker.devices import DeviceSpec
 from infleet_worker.engine import Engine, EngineConfig, EngineObserver, SamplingParams
 from infleet_worker.model import LlamaModel
+from infleet_worker.quant import quantize_int8
 from infleet_worker.runner import ModelRunner
 from infleet_worker.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,24 +28,32 @@ class LoadedModel:
     name: str
     model: LlamaModel
     tokenizer: Tokenizer
+    chat_template: ChatFormatter = field(default_factory=TranscriptTemplate)
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def load_model(model: str, spec: DeviceSpec, seed: int = 0) -> LoadedModel:
+def load_model(model: str, spec: DeviceSpec, seed: int = 0, quantize: str = "none") -> LoadedModel:
     """`model` is a directory holding `config.json` + safetensors, or the name of a built-in configuration."""
     t0 = time.monotonic()
     path = Path(model)
     if path.is_dir():
         m = load_checkpoint(path, spec.device, spec.dtype)
         tok = load_tokenizer(path, m.cfg.bos_token_id, m.cfg.eos_token_ids)
+        chat = load_chat_template(path)
         name = path.name
     else:
         m = random_model(builtin_config(model), spec.device, spec.dtype, seed)
-        tok = ByteTokenizer()
+        tok, chat = ByteTokenizer(), TranscriptTemplate()
         name = model
+    if quantize == "int8":
+        quantize_int8(m)
+    elif quantize != "none":
+        raise ValueError(f"unknown quantisation {quantize!r}; choose none or int8")
     if spec.family == "cuda":
         torch.cuda.synchronize()
-    return LoadedModel(name, m, tok, {"load": time.monotonic() - t0})
+    log.info("tokenizer: %s; BOS %s, EOS %s", tok.description, tok.bos_id, list(tok.eos_ids))
+    log.info("chat template: %s", chat.description)
+    return LoadedModel(name, m, tok, chat, {"load": time.monotonic() - t0})
 
 
 def build_engine(loaded: LoadedModel, spec: DeviceSpec, config: EngineConfig, *, cuda_graphs: bool = True,

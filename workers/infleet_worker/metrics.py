@@ -4,8 +4,13 @@ ones the Gateway API Inference Extension's endpoint picker is configured with.""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from infleet_worker.energy import EnergyMeter
 from infleet_worker.engine import Engine, FinishedRequest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60)
@@ -13,6 +18,31 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LIFECYCLE_STATES = ("starting", "warm", "serving", "draining")
 STARTUP_PHASES = ("import", "load", "warmup", "total")
 FINISH_STATUSES = ("stop", "length", "abort", "error", "rejected")
+
+
+class EnergyCollector(Collector):
+    """`energy_joules_total{device}` read from the meter at scrape time (absent when nothing is measurable) and
+    `energy_measurable` (1/0; 0 until the device is known)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.meter: EnergyMeter | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        meter = self.meter
+        measurable = GaugeMetricFamily("infleet_worker_energy_measurable",
+                                       "1 when the device's energy counter can be read (reason in the log if 0)",
+                                       labels=["model"])
+        measurable.add_metric([self.model], 1.0 if meter is not None and meter.measurable else 0.0)
+        yield measurable
+        if meter is None or not meter.measurable:
+            return
+        joules = CounterMetricFamily("infleet_worker_energy_joules",
+                                     "Energy the device used since the worker started, from its hardware counter",
+                                     labels=["model", "device"])
+        for device, value in sorted(meter.read().joules_by_device.items()):
+            joules.add_metric([self.model, device], value)
+        yield joules
 
 
 class WorkerMetrics:
@@ -26,7 +56,10 @@ class WorkerMetrics:
         self.waiting = Gauge(p + "num_requests_waiting", "Requests admitted and queued, not yet running", m,
                              registry=r)
         self.running = Gauge(p + "num_requests_running", "Requests in the running batch", m, registry=r)
-        self.kv_usage = Gauge(p + "kv_cache_usage_perc", "KV-cache blocks in use, 0..1", m, registry=r)
+        self.kv_usage = Gauge(p + "kv_cache_usage_perc", "Share of the KV cache's token capacity in use, 0..1", m,
+                              registry=r)
+        self.kv_tokens = Gauge(p + "kv_cache_tokens", "Tokens whose keys and values the KV cache holds", m, registry=r)
+        self.kv_capacity = Gauge(p + "kv_cache_capacity_tokens", "Tokens the KV cache can hold", m, registry=r)
         self.latency = Histogram(p + "request_latency_seconds", "Arrival to last token, per finished request", m,
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram(p + "time_to_first_token_seconds", "Arrival to first generated token", m,
@@ -36,6 +69,13 @@ class WorkerMetrics:
         self.requests = Counter(p + "requests", "Finished requests by status", [*m, "status"], registry=r)
         self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed", m, registry=r)
         self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated", m, registry=r)
+        self.prefix_query = Counter(p + "prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache", m,
+                                    registry=r)
+        self.prefix_hit = Counter(p + "prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache (no prefill)",
+                                  m, registry=r)
+        self.prefix_blocks = Gauge(p + "prefix_cache_blocks", "Prefix-cache blocks holding tokens", m, registry=r)
+        self.prefix_capacity = Gauge(p + "prefix_cache_capacity_blocks", "Prefix-cache blocks allocated (0: off)", m,
+                                     registry=r)
         self.batch_size = Histogram(p + "batch_size", "Sequences in each engine step", m, buckets=BATCH_BUCKETS,
                                     registry=r)
         self.model_load = Gauge(p + "model_load_seconds", "Time to load the weights", m, registry=r)
@@ -43,6 +83,8 @@ class WorkerMetrics:
                              [*m, "phase"], registry=r)
         self.lifecycle = Gauge(p + "lifecycle_state", "1 for the current lifecycle state", [*m, "state"],
                                registry=r)
+        self.energy = EnergyCollector(model)
+        r.register(self.energy)
         for status in FINISH_STATUSES:
             self.requests.labels(model, status)  # export zeros so rate() works from the first scrape
         self.set_state("starting")
@@ -51,6 +93,16 @@ class WorkerMetrics:
         self.waiting.labels(self.model).set_function(lambda: engine.num_waiting)
         self.running.labels(self.model).set_function(lambda: engine.num_running)
         self.kv_usage.labels(self.model).set_function(lambda: engine.kv_usage)
+        self.kv_tokens.labels(self.model).set_function(lambda: engine.kv_tokens_held)
+        self.kv_capacity.labels(self.model).set(engine.kv_capacity_tokens)
+        prefix = engine.prefix
+        self.prefix_blocks.labels(self.model).set_function(lambda: prefix.blocks_in_use if prefix is not None else 0)
+        self.prefix_capacity.labels(self.model).set(prefix.num_blocks if prefix is not None else 0)
+        self.prefix_query.labels(self.model)
+        self.prefix_hit.labels(self.model)
+
+    def bind_energy(self, meter: EnergyMeter) -> None:
+        self.energy.meter = meter
 
     def set_state(self, state: str) -> None:
         for s in LIFECYCLE_STATES:
@@ -72,12 +124,20 @@ class WorkerMetrics:
         self.latency.labels(self.model).observe(req.latency_s)
         if req.tpot_s is not None:
             self.tpot.labels(self.model).observe(req.tpot_s)
-        self.generation_tokens.labels(self.model).inc(req.completion_tokens)
 
     def on_rejected(self) -> None:
         self.requests.labels(self.model, "rejected").inc()
 
     def on_step(self, batch_size: int, prefill_tokens: int, decode_tokens: int) -> None:
         self.batch_size.labels(self.model).observe(batch_size)
-        if prefill_tokens:
-            self.prompt_tokens.labels(self.model).inc(prefill_tokens)
+
+    def on_prefilled(self, n: int) -> None:
+        self.prompt_tokens.labels(self.model).inc(n)
+
+    def on_prefix_lookup(self, prompt_tokens: int, hit_tokens: int) -> None:
+        self.prefix_query.labels(self.model).inc(prompt_tokens)
+        if hit_tokens:
+            self.prefix_hit.labels(self.model).inc(hit_tokens)
+
+    def on_tokens_generated(self, n: int) -> None:
+        self.generation_tokens.labels(self.model).inc(n)

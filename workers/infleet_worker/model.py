@@ -104,8 +104,13 @@ class LlamaModel(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(h)
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, weight)
+        head = self.lm_head
+        if head is None:
+            return F.linear(h, self.embed_tokens.weight)
+        if isinstance(head, nn.Linear):
+            return F.linear(h, head.weight)
+        out: torch.Tensor = head(h)  # a quantised head (infleet_worker.quant)
+        return out
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
@@ -188,10 +193,19 @@ class LlamaModel(nn.Module):
             qg = q.reshape(b * n_kv, n_heads // n_kv, d)
             probs = torch.softmax(torch.baddbmm(bias, qg, keys.transpose(1, 2), alpha=scale), dim=-1)
             attn = torch.bmm(probs, values).view(b, n_heads * d)
-            x = torch.addmm(x, attn, layer.o_proj.weight.t())
+            x = add_linear(x, attn, layer.o_proj)
             gate, up = layer.gate_up_proj(layer.post_attention_layernorm(x)).chunk(2, dim=-1)
-            x = torch.addmm(x, F.silu(gate) * up, layer.down_proj.weight.t())
+            x = add_linear(x, F.silu(gate) * up, layer.down_proj)
         return self.logits(x)
+
+
+def add_linear(x: torch.Tensor, inp: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    """x + linear(inp): one addmm for a plain layer (the residual add rides in the GEMM); a quantised layer
+    (infleet_worker.quant) computes its own product."""
+    if isinstance(linear, nn.Linear):
+        return torch.addmm(x, inp, linear.weight.t())
+    out: torch.Tensor = x + linear(inp)
+    return out
 
 
 @torch.no_grad()

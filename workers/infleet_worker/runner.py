@@ -72,6 +72,10 @@ class ModelRunner:
         gen_device = self.device if self.device.type in ("cpu", "cuda") else torch.device("cpu")
         self._gen = torch.Generator(device=gen_device).manual_seed(seed)
 
+    @property
+    def generator(self) -> torch.Generator:
+        return self._gen
+
     @torch.inference_mode()
     def prefill(self, tokens: Sequence[int], start: int, slot: int) -> torch.Tensor:
         t = torch.tensor(list(tokens), dtype=torch.long, device=self.device)

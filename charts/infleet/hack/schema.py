@@ -51,6 +51,12 @@ SCHEMA: dict[str, Any] = {
         "crds": obj({"install": BOOL, "keep": BOOL}),
         "serviceAccount": obj({"create": BOOL, "name": STR, "annotations": STR_MAP}),
         "rbac": obj({"create": BOOL, "prometheusRules": BOOL}),
+        "networkPolicy": obj({
+            "enabled": BOOL,
+            "namespaces": {"type": "array", "items": DNS_NAME, "uniqueItems": True},
+            "metricsScraperLabels": STR_MAP,
+            "extraFrom": {"type": "array", "items": K8S_OBJ},
+        }),
         "metrics": obj({
             "enabled": BOOL,
             "port": PORT,

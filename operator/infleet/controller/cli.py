@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         elector = LeaseElector(kube, lease_ns, args.peering, identity)
     ctx = Context(
         kube=kube,
-        settings=settings_from(args),
+        settings=settings_from(args, kube),
         metrics=metrics,
         interval_s=args.interval,
         resync_s=args.resync,
@@ -154,8 +154,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def settings_from(args: argparse.Namespace) -> Any:
+def settings_from(args: argparse.Namespace, kube: Any) -> Any:
     """The reconcile settings the flags describe (shared by `infleet run` and `infleet plan`)."""
+    from infleet.controller.admin_secret import AdminSecrets, CachedAdminTokens
     from infleet.controller.autoscale import LoadMeter
     from infleet.controller.manifests import ImageConfig
     from infleet.controller.promotion import AssumeAccepted, HttpWorkerState, WorkerStateClient
@@ -169,7 +170,7 @@ def settings_from(args: argparse.Namespace) -> Any:
     meter = None if args.no_autoscale else LoadMeter(HttpMetricsSource())
     promotion: WorkerStateClient | None = None
     if args.promotion_client == "http":
-        promotion = HttpWorkerState()
+        promotion = HttpWorkerState(admin_token=CachedAdminTokens(kube))
     elif args.promotion_client == "assume-ok":  # simulated clusters only: no worker answers there
         promotion = AssumeAccepted()
     return Settings(
@@ -182,6 +183,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         ),
         meter=meter,
         promotion=promotion,
+        admin_secrets=AdminSecrets(kube),
     )
 
 

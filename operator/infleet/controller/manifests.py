@@ -25,6 +25,11 @@ LABEL_POOL = "infleet.io/pool"
 LABEL_ROLE = "infleet.io/role"
 ANNOTATION_MODEL = "infleet.io/model"
 WORKER_PORT = 8000
+# The worker's admin API (/admin/*: promote, demote, drain) requires this bearer token; the operator keeps it in a
+# Secret per namespace (infleet.controller.admin_secret) and the worker pods read it from there.
+ADMIN_TOKEN_ENV = "INFLEET_WORKER_ADMIN_TOKEN"
+ADMIN_SECRET_NAME = "infleet-worker-admin"
+ADMIN_SECRET_KEY = "token"
 
 # Image per device family; `--image-repository`/`--image-tag` (or a model's runtime override) replace them.
 IMAGE_SUFFIX: Mapping[str, str] = {"cuda": "cuda", "neuron": "neuron", "xla": "tpu", "cpu": "cpu"}
@@ -164,6 +169,16 @@ def model_location(source: str, name: str) -> ModelLocation:
     return ModelLocation(source)
 
 
+def admin_token_env() -> dict[str, Any]:
+    """The worker's admin token from the namespace's Secret. `optional`: a pod that starts before the Secret exists
+    runs with its admin API answering loopback only (safe; the operator then starts cold pods instead of
+    promoting it) rather than failing to start."""
+    return {
+        "name": ADMIN_TOKEN_ENV,
+        "valueFrom": {"secretKeyRef": {"name": ADMIN_SECRET_NAME, "key": ADMIN_SECRET_KEY, "optional": True}},
+    }
+
+
 def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[str, Any]:
     images = images or ImageConfig()
     labels = selector_labels(w.owner.name, w.pool.name, w.role)
@@ -197,8 +212,9 @@ def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[st
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-        "env": [{"name": k, "value": v} for k, v in sorted(w.runtime.env.items())]
-        + [{"name": k, "valueFrom": dict(v)} for k, v in sorted(w.runtime.env_from.items())],
+        "env": [{"name": k, "value": v} for k, v in sorted(w.runtime.env.items()) if k != ADMIN_TOKEN_ENV]
+        + [{"name": k, "valueFrom": dict(v)} for k, v in sorted(w.runtime.env_from.items()) if k != ADMIN_TOKEN_ENV]
+        + [admin_token_env()],
         "resources": {k: v for k, v in resources.items() if v},
     }
     pod_spec: dict[str, Any] = {

@@ -8,6 +8,7 @@ scrapes the serving workers twice, N seconds apart, so the autoscaler's view of 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -41,7 +42,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from infleet.policy.loop import decide
 
     kube = Kube.connect(args.kubeconfig)
-    settings = settings_from(args)
+    settings = dataclasses.replace(settings_from(args, kube), admin_secrets=None)  # a dry run creates nothing
     scope = f"/namespaces/{args.namespace}" if args.namespace else ""
     bodies = kube.list(f"/apis/{GROUP}/{VERSION}{scope}/inferencedeployments")
     if args.name:

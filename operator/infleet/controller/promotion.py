@@ -1,6 +1,7 @@
 """Warm-pod promotion: a scale-up turns ready warm pods into serving ones (seconds) before starting cold pods.
 
-The decision is pure (`plan_promotion`, a function of the deployment's pods and the plan); the edges are thin:
+The decision is the loop's (`infleet.policy.loop.plan_promotion`, from the warm and promoted workers the operator
+observes); this module holds the edges:
 `WorkerStateClient.promote` tells the worker to serve (`POST /admin/state`), then `apply_promotions` relabels the
 pod `infleet.io/role=serving` and makes the InferenceDeployment its controller. The relabel takes the pod out of
 the warm ReplicaSet's selector, so that ReplicaSet starts a replacement (the replenish) and the Service selects
@@ -12,7 +13,7 @@ from labels and owner references, so a restarted operator sees exactly what the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,9 +21,8 @@ import httpx
 from kubernetes.client.exceptions import ApiException
 
 from infleet.controller.kube import Kube, Obj
-from infleet.controller.manifests import LABEL_POOL, LABEL_ROLE, WORKER_PORT, Owner
-from infleet.controller.snapshot import parse_time, pod_active, pod_ready
-from infleet.policy import PoolOffer, WarmWorker, promotion_order
+from infleet.controller.manifests import LABEL_ROLE, WORKER_PORT, Owner
+from infleet.controller.snapshot import parse_time, pod_active
 
 log = logging.getLogger("infleet.controller")
 
@@ -35,11 +35,26 @@ class WorkerStateClient(Protocol):
     def promote(self, pod: Obj) -> bool: ...
 
 
-class HttpWorkerState:
-    """POST http://<podIP>:8000/admin/state {"state": "serving"}; a refusal, timeout or non-2xx is False."""
+TokenLookup = Callable[[str], str | None]  # namespace -> the workers' admin token there (None: none known)
 
-    def __init__(self, timeout_s: float = 2.0) -> None:
+
+class HttpWorkerState:
+    """POST http://<podIP>:8000/admin/state {"state": "serving"}; a refusal, timeout or non-2xx is False.
+
+    The worker's admin API wants `Authorization: Bearer <token>`; `admin_token` looks the token up by the pod's
+    namespace (the Secret `infleet-worker-admin` there, see `admin_secret.ensure_admin_secret`). Without a
+    lookup, or when it finds none, the request goes without the header (and a worker with a token refuses it).
+    """
+
+    def __init__(self, timeout_s: float = 2.0, admin_token: TokenLookup | None = None) -> None:
         self.client = httpx.Client(timeout=timeout_s, trust_env=False)
+        self.admin_token = admin_token
+
+    def _headers(self, pod: Obj) -> dict[str, str]:
+        if self.admin_token is None:
+            return {}
+        token = self.admin_token(pod["metadata"].get("namespace", ""))
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def promote(self, pod: Obj) -> bool:
         ip = pod.get("status", {}).get("podIP")
@@ -48,7 +63,8 @@ class HttpWorkerState:
             log.info("warm pod %s has no IP yet; not promoted", name)
             return False
         try:
-            resp = self.client.post(f"http://{ip}:{WORKER_PORT}/admin/state", json={"state": "serving"})
+            resp = self.client.post(f"http://{ip}:{WORKER_PORT}/admin/state", json={"state": "serving"},
+                                    headers=self._headers(pod))
         except httpx.HTTPError as exc:
             log.info("warm pod %s did not take the promotion (%s); starting a cold pod instead", name, exc)
             return False
@@ -85,14 +101,6 @@ def _live(pod: Obj) -> bool:
     return pod_active(pod) and not pod["metadata"].get("deletionTimestamp")
 
 
-def promoted_by_pool(pods: Iterable[Obj], owner_uid: str) -> dict[str, list[Obj]]:
-    out: dict[str, list[Obj]] = {}
-    for pod in pods:
-        if _live(pod) and is_promoted(pod, owner_uid):
-            out.setdefault((pod["metadata"].get("labels") or {}).get(LABEL_POOL, ""), []).append(pod)
-    return out
-
-
 def ready_since_s(pod: Obj) -> float:
     for c in pod.get("status", {}).get("conditions") or []:
         if c.get("type") == "Ready" and c.get("status") == "True":
@@ -101,51 +109,6 @@ def ready_since_s(pod: Obj) -> float:
                 return at.timestamp()
     created = parse_time(pod["metadata"].get("creationTimestamp"))
     return created.timestamp() if created is not None else 0.0
-
-
-def plan_promotion(
-    pods: Sequence[Obj],
-    owner_uid: str,
-    desired: Mapping[str, int],
-    deployment_replicas: Mapping[str, int],
-    offers: Sequence[PoolOffer],
-) -> PromotionPlan:
-    """Which warm pods to promote and which promoted pods to retire, from the deployment's pods and the plan.
-
-    Per pool, serving replicas that exist = the serving Deployment's replicas + promoted pods. A pool whose plan
-    wants more promotes its ready warm pods (most capacity per dollar first, then ready longest: the policy's
-    `promotion_order`), at most the shortfall; one that wants fewer deletes promoted pods first (ready shortest
-    first), so the serving Deployment keeps its pods as long as it can.
-    """
-    promoted = promoted_by_pool(pods, owner_uid)
-    warm = [
-        WarmWorker(p["metadata"]["name"], (p["metadata"].get("labels") or {}).get(LABEL_POOL, ""), ready_since_s(p))
-        for p in pods
-        if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == "warm" and _live(p) and pod_ready(p)
-    ]
-    short = {
-        pool: n - deployment_replicas.get(pool, 0) - len(promoted.get(pool, []))
-        for pool, n in desired.items()
-        if n > deployment_replicas.get(pool, 0) + len(promoted.get(pool, []))
-    }
-    chosen: list[str] = []
-    for worker in promotion_order(warm, offers):
-        if short.get(worker.pool, 0) > 0:
-            chosen.append(worker.name)
-            short[worker.pool] -= 1
-    retire: list[str] = []
-    for pool, pool_pods in sorted(promoted.items()):
-        excess = deployment_replicas.get(pool, 0) + len(pool_pods) - desired.get(pool, 0)
-        if excess <= 0:
-            continue
-        youngest = sorted(pool_pods, key=lambda p: (-ready_since_s(p), p["metadata"]["name"]))
-        retire += [p["metadata"]["name"] for p in youngest[: min(excess, len(pool_pods))]]
-    return PromotionPlan(promote=chosen, retire=retire)
-
-
-def serving_replicas(desired: Mapping[str, int], promoted: Mapping[str, int]) -> dict[str, int]:
-    """What each serving Deployment is scaled to: the pool's desired serving count less its promoted pods."""
-    return {pool: max(0, n - promoted.get(pool, 0)) for pool, n in desired.items()}
 
 
 def pod_path(namespace: str, name: str) -> str:

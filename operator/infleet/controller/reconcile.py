@@ -10,7 +10,7 @@ kopf would retry forever.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +46,8 @@ class Settings:
     loop: LoopSettings = field(default_factory=LoopSettings)
     meter: LoadMeter | None = None  # None: no scraping; replicas follow the declared load and bounds only
     promotion: WorkerStateClient | None = None  # None: warm pods are never promoted (promoted ones still retire)
+    # Makes sure a namespace has the workers' admin Secret before worker pods that mount it are applied.
+    admin_secrets: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -145,6 +147,8 @@ def reconcile(
         plan, next_state = decide(seen.obs, states.load(meta["uid"], previous), settings.loop)
         if ledger is not None and plan.touch_workloads:
             ledger.set(key, claims_of(seen.obs, plan))
+    if plan.touch_workloads and settings.admin_secrets is not None:
+        settings.admin_secrets(seen.owner.namespace)
     done = execute(
         kube,
         owner=seen.owner,

@@ -101,18 +101,52 @@ def test_the_operator_cli_accepts_the_rendered_args(render: Render) -> None:
         assert ns.command == "run"
 
 
-def test_rbac_has_no_wildcards_and_no_secrets(render: Render) -> None:
+def test_rbac_has_no_wildcards_and_only_the_worker_admin_secret(render: Render) -> None:
     (role,) = by_kind(render("monitoring-values.yaml"), "ClusterRole")
+    secret_rules = []
     for rule in role["rules"]:
         for key in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[key], rule
-        assert "secrets" not in rule["resources"] and "configmaps" not in rule["resources"]
+        assert "configmaps" not in rule["resources"]
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+        if "secrets" in rule["resources"]:
+            assert rule["resources"] == ["secrets"], rule
+            secret_rules.append(rule)
+    # Secrets: create the workers' admin Secret; read and repair only that one by name; never list or watch.
+    assert sorted((tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in secret_rules) == [
+        (("create",), ()), (("get", "patch"), ("infleet-worker-admin",))]
     # The one namespaced Role: leader election on a Lease in the release's namespace.
     (lease_role,) = by_kind(render(), "Role")
     assert lease_role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]}
     ]
+
+
+def test_network_policy_admits_only_operator_gateway_and_scraper(render: Render) -> None:
+    assert not by_kind(render(), "NetworkPolicy"), "cluster-wide with no namespaces listed: nothing to render"
+    objs = render(sets=("watchNamespaces={team-a,team-b}",), namespace="infleet-system", release="rel")
+    policies = by_kind(objs, "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    spec = policies[0]["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/managed-by": "infleet"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    peers = rule["from"]
+    operator_pod = by_kind(objs, "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+    operator_peer = peers[0]
+    assert operator_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "infleet-system"}}
+    assert operator_peer["podSelector"]["matchLabels"].items() <= operator_pod.items()
+    assert peers[1] == {"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/component": "gateway"}}}
+    assert peers[2]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert len(peers) == 3
+    listed = render(sets=("networkPolicy.namespaces={models}",
+                          "networkPolicy.extraFrom[0].namespaceSelector.matchLabels.team=a"))
+    (policy,) = by_kind(listed, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == "models"
+    assert policy["spec"]["ingress"][0]["from"][-1] == {"namespaceSelector": {"matchLabels": {"team": "a"}}}
+    assert not by_kind(render(sets=("networkPolicy.enabled=false", "watchNamespaces={a}")), "NetworkPolicy")
 
 
 def test_rbac_options(render: Render) -> None:

@@ -3,6 +3,9 @@ from __future__ import annotations
 import pytest
 
 from infleet.controller.manifests import (
+    ADMIN_SECRET_KEY,
+    ADMIN_SECRET_NAME,
+    ADMIN_TOKEN_ENV,
     ImageConfig,
     Owner,
     PoolRuntime,
@@ -104,7 +107,7 @@ def test_runtime_override_replaces_image_and_merges_resources() -> None:
     c = d["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "registry.example/llm:cuda12"
     assert c["args"][-2:] == ["--max-batch", "64"]
-    assert c["env"] == [{"name": "A", "value": "1"}]
+    assert c["env"][0] == {"name": "A", "value": "1"}
     assert c["resources"]["requests"] == {"memory": "16Gi", "nvidia.com/gpu": "2"}
 
 
@@ -156,3 +159,14 @@ def test_service_selects_only_serving_pods() -> None:
     }
     assert s["spec"]["ports"][0]["targetPort"] == "http"
     assert s["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_workers_read_the_admin_token_from_the_namespace_secret() -> None:
+    runtime = RuntimeOverride(env={"A": "1", ADMIN_TOKEN_ENV: "user-chosen"})
+    d = render_deployment(Workload(OWNER, L4, "warm", 1, "m", runtime))
+    env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+    # The model's own env cannot replace the operator's token (it would lock the operator out of promotions).
+    assert [e["name"] for e in env] == ["A", ADMIN_TOKEN_ENV]
+    assert env[-1]["valueFrom"] == {"secretKeyRef": {"name": ADMIN_SECRET_NAME, "key": ADMIN_SECRET_KEY,
+                                                     "optional": True}}
+    assert (ADMIN_SECRET_NAME, ADMIN_SECRET_KEY) == ("infleet-worker-admin", "token")

@@ -1,4 +1,5 @@
-"""Warm-pod promotion: the pure decision (which warm pods, which promoted pods retire) and the applier with fakes."""
+"""Warm-pod promotion: the decision (the loop's, from the pods as the operator observes them: which warm pods, which
+promoted pods retire) and the applier with fakes."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ import httpx
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from infleet.controller.execute import serving_after_promotions
 from infleet.controller.manifests import Owner
+from infleet.controller.observe import promoted_workers, warm_workers
 from infleet.controller.promotion import (
     LABEL_PROMOTED,
     AssumeAccepted,
     HttpWorkerState,
     PromotionPlan,
     apply_promotions,
-    plan_promotion,
-    promoted_by_pool,
-    serving_replicas,
 )
-from infleet.policy import PoolOffer
+from infleet.policy import PoolOffer, loop
+from tests.unit.controller.builders import make_infd
 
 UID = "infd-uid"
 OWNER = Owner("infleet.io/v1alpha1", "InferenceDeployment", "chat", "ns", UID)
@@ -70,6 +71,24 @@ def wpod(
 OFFERS = [offer("cheap", 0.1, 1.0), offer("dear", 1.0, 1.0)]
 
 
+def plan_promotion(
+    pods: list[dict[str, Any]], uid: str, desired: dict[str, int], deployment_replicas: dict[str, int],
+    offers: list[PoolOffer],
+) -> PromotionPlan:
+    """The operator's path: its observation of the pods, then the loop's promotion decision."""
+    promoted = promoted_workers(pods, uid)
+    serving = dict(deployment_replicas)
+    for w in promoted:
+        serving[w.pool] = serving.get(w.pool, 0) + 1
+    obs = loop.Observation(
+        now_s=0.0, deployment=make_infd(), pools={},
+        replicas={p: loop.PoolReplicas(serving=n) for p, n in serving.items()},
+        warm_ready=warm_workers(pods), promoted=promoted,
+    )  # fmt: skip
+    promote, retire = loop.plan_promotion(obs, desired, tuple(offers))
+    return PromotionPlan(promote=list(promote), retire=list(retire))
+
+
 def test_scale_up_promotes_ready_warm_pods_on_the_short_pool_up_to_the_shortfall() -> None:
     pods = [
         wpod("w-young", "cheap", ready_at="2026-01-01T00:09:00Z"),
@@ -116,12 +135,16 @@ def test_promoted_means_labelled_and_controlled_by_this_deployment() -> None:
     foreign = wpod("f", "cheap", role="serving", promoted=True)
     foreign["metadata"]["ownerReferences"] = [{**OWNER.reference(), "uid": "someone-else"}]
     plain = wpod("s", "cheap", role="serving")
-    found = promoted_by_pool([mine, foreign, plain], UID)
-    assert {k: [p["metadata"]["name"] for p in v] for k, v in found.items()} == {"cheap": ["p"]}
+    found = promoted_workers([mine, foreign, plain], UID)
+    assert [(w.name, w.pool) for w in found] == [("p", "cheap")]
 
 
 def test_serving_deployment_is_scaled_to_desired_less_promoted() -> None:
-    assert serving_replicas({"cheap": 3, "dear": 1}, {"cheap": 2, "dear": 4}) == {"cheap": 1, "dear": 0}
+    plan = loop.Plan(serving={"cheap": 3, "dear": 1}, warm={})
+    assert serving_after_promotions(plan, {"cheap": 2, "dear": 4}, {}, [], []) == {"cheap": 1, "dear": 0}
+    # one more promoted now on cheap, one retired on dear
+    moved = serving_after_promotions(plan, {"cheap": 2, "dear": 4}, {"w": "cheap", "p": "dear"}, ["w"], ["p"])
+    assert moved == {"cheap": 0, "dear": 0}
 
 
 class FakeKube:
@@ -219,3 +242,22 @@ def test_http_client_posts_the_state_and_treats_refusals_as_not_promotable() -> 
     assert not client.promote(pod)  # 503: the worker is not ready to serve
     del pod["status"]["podIP"]
     assert not client.promote(pod)
+
+
+def test_http_client_sends_the_namespace_admin_token() -> None:
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Authorization"))
+        return httpx.Response(200, json={"state": "serving"})
+
+    tokens = {"ns": "tok-ns"}
+    client = HttpWorkerState(admin_token=tokens.get)
+    client.client = httpx.Client(transport=httpx.MockTransport(handler))
+    pod = wpod("w", "cheap")
+    pod["status"]["podIP"] = "10.0.0.1"
+    pod["metadata"]["namespace"] = "ns"
+    assert client.promote(pod)
+    pod["metadata"]["namespace"] = "elsewhere"  # no token known there: no header at all
+    assert client.promote(pod)
+    assert seen == ["Bearer tok-ns", None]

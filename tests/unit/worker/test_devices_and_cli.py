@@ -66,3 +66,22 @@ def test_flags_fall_back_to_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert (args.model, args.state, args.port, args.device) == ("llama-1b", "warm", 9001, "auto")
     args = build_parser().parse_args(["serve", "--state", "serving"])
     assert args.state == "serving"
+
+
+def test_quantize_and_prefix_cache_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFLEET_QUANTIZE", "int8")
+    monkeypatch.setenv("INFLEET_PREFIX_CACHE_BLOCKS", "128")
+    args = build_parser().parse_args(["serve"])
+    assert (args.quantize, args.prefix_cache_blocks) == ("int8", 128)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--quantize", "int3"])
+
+
+def test_loader_quantises_and_refuses_unknown_methods() -> None:
+    from infleet_worker.loader import load_model
+    from infleet_worker.quant import Int8Linear
+
+    loaded = load_model("tiny", resolve_device("cpu"), quantize="int8")
+    assert isinstance(loaded.model.decoder_layers()[0].qkv_proj, Int8Linear)
+    with pytest.raises(ValueError, match="unknown quantisation"):
+        load_model("tiny", resolve_device("cpu"), quantize="fp4")

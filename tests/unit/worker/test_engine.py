@@ -121,7 +121,10 @@ def test_full_queue_refuses_then_recovers(make_engine: Callable[..., Engine]) ->
         engine.submit([1, 2], SamplingParams(), lambda o: None)
     assert exc.value.reason == "queue_full" and exc.value.retry_after_s >= 1
     engine.step()  # two of three admitted: the KV cache (2 slots) is full, one waits
-    assert (engine.num_running, engine.num_waiting, engine.kv_usage) == (2, 1, 1.0)
+    assert (engine.num_running, engine.num_waiting) == (2, 1)
+    # KV usage counts tokens held (2 prompt + 1 decoded each), not slots taken.
+    assert engine.kv_tokens_held == 6
+    assert engine.kv_usage == 6 / (2 * 256)
     while not engine.is_idle():
         engine.step()
     assert len(done) == 3
@@ -135,7 +138,7 @@ def test_abort_frees_the_slot_and_reports_abort(make_engine: Callable[..., Engin
                         lambda o: events.append(o.finish_reason))
     other = run_to_completion  # keep a second request running alongside
     engine.step()
-    assert engine.kv_usage == 0.5
+    assert engine.kv_tokens_held == 4  # 3 prompt tokens + 1 decoded
     engine.abort(rid)
     engine.step()
     assert events[-1] == "abort" and engine.kv_usage == 0.0 and engine.is_idle()

@@ -18,6 +18,7 @@ pytest.importorskip("aiohttp")
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from infleet_worker.energy import EnergyMeter
 from infleet_worker.engine import Engine, SamplingParams
 from infleet_worker.metrics import WorkerMetrics
 from infleet_worker.server import ServedModel, WorkerServer
@@ -82,7 +83,7 @@ def test_streaming_chat_equals_non_streaming(make_engine: Callable[..., Engine])
             r = await client.post("/v1/chat/completions", json={**req, "stream": True})
             assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
             chunks = sse_events(await r.text())
-            assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+            assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
             assert all(c["object"] == "chat.completion.chunk" for c in chunks)
             streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
             assert streamed == full["choices"][0]["message"]["content"]
@@ -189,6 +190,13 @@ def test_admin_drain_finishes_in_flight_and_refuses_new(make_engine: Callable[..
     run(go())
 
 
+class FixedEnergy:
+    device = "test-0"
+
+    def read_joules(self) -> float:
+        return 1.5
+
+
 def contract_metric_names() -> list[str]:
     section = METRICS_DOC.read_text().split("## Worker", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"^\| `(infleet_worker_[a-z_]+)` \|", section, flags=re.M)
@@ -201,6 +209,9 @@ def test_metrics_follow_the_contract_and_count_a_known_load(make_engine: Callabl
     async def go() -> None:
         async with serving(make_engine()) as (client, server):
             server.metrics.set_startup({"import": 0.5, "load": 1.25, "warmup": 0.25, "total": 2.0})
+            # This machine may have no readable energy counter: a fixed source stands in (test_energy.py covers
+            # the real sources), so the joule series is exported as where it is measurable.
+            server.metrics.bind_energy(EnergyMeter([FixedEnergy()], None))
             reqs = [client.post("/v1/completions", json={"prompt": "a" * n, "max_tokens": 7, "ignore_eos": True})
                     for n in (1, 2, 3, 4, 5)]
             assert all(r.status == 200 for r in await asyncio.gather(*reqs))
@@ -252,5 +263,39 @@ def test_health_and_readiness(make_engine: Callable[..., Engine]) -> None:
             engine.shutdown()
         finally:
             await client.close()
+
+    run(go())
+
+
+def test_token_and_kv_metrics_move_while_a_request_runs(make_engine: Callable[..., Engine]) -> None:
+    async def go() -> None:
+        # The engine is stepped by hand, so the request is mid-way for sure when the metrics are read.
+        async with serving(make_engine(num_slots=4, max_seq_len=256), start=False) as (client, server):
+            assert server.model is not None
+            engine = server.model.engine
+            pending = asyncio.ensure_future(client.post("/v1/completions", json={
+                "prompt": "abcdefgh", "max_tokens": 200, "ignore_eos": True}))
+            while engine.num_waiting == 0:
+                await asyncio.sleep(0.005)
+            for _ in range(10):
+                engine.step()  # the first step prefills and decodes (2 tokens), each later one decodes 1
+            text = await (await client.get("/metrics")).text()
+
+            def value(series: str) -> float:
+                m = re.search(rf"^{re.escape(series)} (\S+)$", text, flags=re.M)
+                assert m, f"{series} missing"
+                return float(m.group(1))
+
+            # Counted per token while the request runs, not when it ends.
+            assert value('infleet_worker_generation_tokens_total{model="tiny"}') == 11
+            # KV: BOS + 8 prompt bytes + 10 decoded tokens' keys/values held (the 11th is not yet fed back).
+            assert value('infleet_worker_kv_cache_tokens{model="tiny"}') == 19
+            assert value('infleet_worker_kv_cache_capacity_tokens{model="tiny"}') == 4 * 256
+            assert value('infleet_worker_kv_cache_usage_perc{model="tiny"}') == pytest.approx(19 / (4 * 256))
+            engine.start()
+            assert (await pending).status == 200
+            text = await (await client.get("/metrics")).text()
+            assert value('infleet_worker_generation_tokens_total{model="tiny"}') == 200
+            assert value('infleet_worker_kv_cache_tokens{model="tiny"}') == 0
 
     run(go())
