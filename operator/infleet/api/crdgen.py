@@ -222,6 +222,9 @@ def inference_deployment_crd() -> Schema:
             _printer("Cost/h", "number", ".status.costPerHourUSD", "Current cost per hour, USD."),
             _printer("SLO", "string", '.status.conditions[?(@.type=="SLOMet")].status', "Whether the SLO is met."),
             _printer("Status", "string", '.status.conditions[?(@.type=="Ready")].reason', "Why (not) ready.", 1),
+            _printer("Wh/Mtok", "number", ".status.efficiency.whPerMillionTokens", "Energy per million tokens.", 1),
+            _printer("$/Mtok", "number", ".status.efficiency.costPerMillionTokensUSD", "Cost per million tokens.", 1),
+            _printer("Efficiency", "string", ".status.efficiency.source", "measured or estimated.", 1),
             _age(),
         ],
     )

@@ -75,6 +75,7 @@ def _unique(items: list[T]) -> list[T]:
 
 
 # Bounded strings and lists keep the apiserver's CEL cost estimate low and reject absurd input early.
+EfficiencySource = Literal["measured", "estimated"]
 Name = Annotated[str, Field(min_length=1, max_length=253)]
 ShortString = Annotated[str, Field(max_length=1024)]
 LongString = Annotated[str, Field(max_length=4096)]
@@ -484,6 +485,30 @@ class PoolReplicas(KubeModel):
         description="Requests per second one replica on this pool sustains within the SLO, as the operator plans "
         "it (profile or service-model estimate, calibrated); the gateway weighs replicas by it.",
     )
+    wh_per_million_tokens: float | None = Field(
+        default=None, ge=0, description="Energy per million generated tokens on this pool, Wh (see efficiencySource)."
+    )
+    cost_per_million_tokens_usd: float | None = Field(
+        default=None, ge=0, description="Cost per million generated tokens on this pool, USD (see efficiencySource)."
+    )
+    efficiency_source: EfficiencySource | None = Field(
+        default=None,
+        description="measured (the workers' token and energy counters) or estimated (planned tokens, pool power).",
+    )
+
+
+class Efficiency(KubeModel):
+    """Energy and cost per million generated tokens of the whole deployment."""
+
+    wh_per_million_tokens: float | None = Field(default=None, ge=0, description="Energy per million tokens, Wh.")
+    cost_per_million_tokens_usd: float | None = Field(
+        default=None, ge=0, description="Cost per million tokens, USD."
+    )
+    source: EfficiencySource = Field(
+        default="estimated",
+        description="measured when every pool's workers report tokens and energy; estimated otherwise (planned "
+        "tokens at the declared or measured load, the pools' power.typicalWattsPerDevice).",
+    )
 
 
 class Decision(KubeModel):
@@ -525,6 +550,9 @@ class InferenceDeploymentStatus(KubeModel):
     )
     cost_per_hour_usd: float = Field(default=0.0, ge=0, description="Current cost per hour of all replicas, in USD.")
     last_decision: Decision | None = Field(default=None, description="The last placement or scaling decision.")
+    efficiency: Efficiency | None = Field(
+        default=None, description="Energy (Wh) and cost ($) per million generated tokens, measured or estimated."
+    )
     loop_state: Annotated[str, Field(max_length=65536)] | None = Field(
         default=None,
         description="The operator's decision-loop state (compact JSON: scaling history, calibration, saturation), "

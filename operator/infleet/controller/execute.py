@@ -72,7 +72,16 @@ def execute(
     return Executed(applied=applied, promoted=tuple(done), retired=tuple(retired))
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def row_status(row: PoolRow) -> dict[str, Any]:
+    efficiency = {
+        "whPerMillionTokens": _rounded(row.wh_per_million_tokens),
+        "costPerMillionTokensUSD": _rounded(row.usd_per_million_tokens),
+        "efficiencySource": row.efficiency_source,
+    }
     return {
         "pool": row.pool,
         "family": row.family,
@@ -82,6 +91,7 @@ def row_status(row: PoolRow) -> dict[str, Any]:
         "costPerHourUSD": row.cost_per_hour,
         "saturated": row.saturated,
         "replicaCapacityRps": round(row.replica_capacity_rps, 6),
+        **({k: v for k, v in efficiency.items() if v is not None} if row.usd_per_million_tokens is not None else {}),
     }
 
 
@@ -103,4 +113,15 @@ def status_of(infd: InferenceDeployment, obs: Observation, plan: Plan) -> dict[s
         "poolsSummary": pools_summary(plan.serving),
         "costPerHourUSD": round(plan.cost_per_hour, 6),
     }
+    if plan.efficiency is not None:
+        eff = plan.efficiency
+        status["efficiency"] = {
+            k: v
+            for k, v in (
+                ("whPerMillionTokens", _rounded(eff.wh_per_million_tokens)),
+                ("costPerMillionTokensUSD", _rounded(eff.usd_per_million_tokens)),
+                ("source", eff.source),
+            )
+            if v is not None
+        }
     return status

@@ -63,6 +63,20 @@ class OperatorMetrics:
             ["namespace", "deployment", "pool", "direction"],
             registry=r,
         )
+        efficiency_labels = ["namespace", "deployment", "pool", "family", "source"]
+        self.energy_per_mtok = Gauge(
+            "infleet_deployment_energy_wh_per_million_tokens",
+            "Energy per million generated tokens per pool, Wh (measured from the workers or estimated).",
+            efficiency_labels,
+            registry=r,
+        )
+        self.cost_per_mtok = Gauge(
+            "infleet_deployment_cost_usd_per_million_tokens",
+            "Cost per million generated tokens per pool, USD (measured tokens or estimated).",
+            efficiency_labels,
+            registry=r,
+        )
+        self._efficiency: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
         # What each deployment last reported, so stale pool series can be removed and the fleet cost summed.
         self._pools: dict[tuple[str, str], set[str]] = {}
         self._costs: dict[tuple[str, str], float] = {}
@@ -101,7 +115,28 @@ class OperatorMetrics:
         self._costs[key] = cost_per_hour
         self.fleet_cost.set(sum(self._costs.values()))
 
+    def set_efficiency(
+        self, namespace: str, deployment: str, rows: Iterable[tuple[str, str, str, float | None, float | None]]
+    ) -> None:
+        """Per pool (pool, family, source, Wh per Mtok, $ per Mtok); series not reported again are removed."""
+        key = (namespace, deployment)
+        seen: set[tuple[str, str, str]] = set()
+        for pool, family, source, wh, usd in rows:
+            labels = (pool, family, source)
+            if wh is not None:
+                self.energy_per_mtok.labels(namespace, deployment, *labels).set(wh)
+            else:
+                self._remove(self.energy_per_mtok, namespace, deployment, *labels)
+            if usd is not None:
+                self.cost_per_mtok.labels(namespace, deployment, *labels).set(usd)
+                seen.add(labels)
+        for labels in self._efficiency.get(key, set()) - seen:
+            self._remove(self.energy_per_mtok, namespace, deployment, *labels)
+            self._remove(self.cost_per_mtok, namespace, deployment, *labels)
+        self._efficiency[key] = seen
+
     def forget_deployment(self, namespace: str, deployment: str) -> None:
+        self.set_efficiency(namespace, deployment, ())
         key = (namespace, deployment)
         for pool in self._pools.pop(key, set()):
             for state in REPLICA_STATES:

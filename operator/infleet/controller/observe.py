@@ -8,7 +8,7 @@ decides anything: it only turns Kubernetes shapes (nodes, pods, quantities, labe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,6 +39,7 @@ from infleet.controller.snapshot import (
 )
 from infleet.policy.autoscaler import LoadObservation
 from infleet.policy.capacity import RequestMix
+from infleet.policy.efficiency import PoolUsage
 from infleet.policy.fallback import PoolPods
 from infleet.policy.from_api import candidate_pools, choose
 from infleet.policy.loop import Observation, Plan, PoolReplicas, PoolView
@@ -131,6 +132,7 @@ class Measured:
 
     load: LoadObservation | None = None
     mix: RequestMix | None = None
+    usage: Mapping[str, PoolUsage] = field(default_factory=dict)  # per pool: generated tokens/s and watts
 
 
 def observe(
@@ -207,6 +209,7 @@ def observe(
         promoted=promoted,
         load=measured.load,
         mix=measured.mix,
+        usage=measured.usage,
         waiting_for=waiting_for,
     )
 

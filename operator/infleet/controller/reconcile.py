@@ -197,6 +197,15 @@ def _record_metrics(metrics: OperatorMetrics, obs: Observation, plan: Plan) -> N
     for pool in sorted(set(current) | set(plan.serving)):
         if current.get(pool, 0) != plan.serving.get(pool, 0):
             metrics.count_scale(ns, name, pool, current.get(pool, 0), plan.serving.get(pool, 0))
+    metrics.set_efficiency(
+        ns,
+        name,
+        [
+            (r.pool, r.family, r.efficiency_source, r.wh_per_million_tokens, r.usd_per_million_tokens)
+            for r in plan.rows
+            if r.usd_per_million_tokens is not None
+        ],
+    )
     metrics.set_deployment(
         ns,
         name,

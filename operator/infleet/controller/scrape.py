@@ -34,6 +34,7 @@ class WorkerMetrics:
     ttft_buckets: Mapping[float, float] = field(default_factory=dict)
     prompt_tokens: float = 0.0
     generation_tokens: float = 0.0
+    energy_joules: float | None = None  # None: the worker cannot measure its device's energy (or says so)
 
 
 class MetricsSource(Protocol):
@@ -53,9 +54,15 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
         "infleet_worker_request_latency_seconds_bucket": {},
         "infleet_worker_time_to_first_token_seconds_bucket": {},
     }
+    joules: float | None = None
+    measurable = True
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in scalar:
+            if sample.name == "infleet_worker_energy_joules_total":
+                joules = (joules or 0.0) + sample.value
+            elif sample.name == "infleet_worker_energy_measurable" and sample.value == 0:
+                measurable = False
+            elif sample.name in scalar:
                 sums[scalar[sample.name]] += sample.value
             elif sample.name in histograms:
                 le = float(sample.labels["le"])
@@ -69,6 +76,7 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
         ttft_buckets=histograms["infleet_worker_time_to_first_token_seconds_bucket"],
         prompt_tokens=sums["prompt"],
         generation_tokens=sums["gen"],
+        energy_joules=joules if measurable else None,
     )
 
 
@@ -95,11 +103,16 @@ class HttpMetricsSource:
 
 
 def fetch_all(source: MetricsSource, pods: Iterable[Obj], workers: int = 8) -> list[WorkerMetrics]:
+    return [m for _, m in fetch_each(source, pods, workers)]
+
+
+def fetch_each(source: MetricsSource, pods: Iterable[Obj], workers: int = 8) -> list[tuple[Obj, WorkerMetrics]]:
+    """(pod, its scrape) for every pod that answered."""
     pods = list(pods)
     if not pods:
         return []
     with ThreadPoolExecutor(max_workers=min(workers, len(pods))) as pool:
-        return [m for m in pool.map(source.fetch, pods) if m is not None]
+        return [(p, m) for p, m in zip(pods, pool.map(source.fetch, pods), strict=True) if m is not None]
 
 
 @dataclass(frozen=True)

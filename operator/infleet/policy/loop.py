@@ -21,6 +21,7 @@ from infleet.api import AcceleratorPool, InferenceDeployment
 from infleet.policy.autoscaler import AutoscalerConfig, LoadObservation
 from infleet.policy.capacity import DEFAULT_MIX, RequestMix, slo_seconds
 from infleet.policy.conditions import Cond, ConditionStatus, budget_condition, ready_condition
+from infleet.policy.efficiency import Efficiency, PoolUsage, pool_efficiency, total_efficiency
 from infleet.policy.fallback import PoolPods, Saturation, cap_saturated, hold_serving, update_saturation
 from infleet.policy.from_api import PoolChoice, build_request, candidate_pools, choose
 from infleet.policy.placement import place
@@ -70,6 +71,7 @@ class Observation:
     promoted: tuple[WarmWorker, ...] = ()  # serving workers promoted from warm (retired first on scale-down)
     load: LoadObservation | None = None  # measured load since the last decision (None: no measurement)
     mix: RequestMix | None = None  # measured request mix (None: not measured yet)
+    usage: Mapping[str, PoolUsage] = field(default_factory=dict)  # per pool: measured tokens/s and watts
     waiting_for: str | None = None  # an input placement must wait for (e.g. a missing model claim): why
 
 
@@ -114,6 +116,9 @@ class PoolRow:
     cost_per_hour: float
     saturated: bool
     replica_capacity_rps: float
+    wh_per_million_tokens: float | None = None
+    usd_per_million_tokens: float | None = None
+    efficiency_source: str = "estimated"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +138,7 @@ class Plan:
     devices_per_replica: Mapping[str, int] = field(default_factory=dict)  # per usable pool, for rendering pods
     touch_workloads: bool = True  # False: leave worker Deployments as they are (invalid input, waiting)
     slo_targets: Mapping[str, float] = field(default_factory=dict)  # seconds, for metrics
+    efficiency: Efficiency | None = None  # the deployment's Wh and $ per million generated tokens
 
 
 def decide(obs: Observation, state: LoopState, settings: LoopSettings = LoopSettings()) -> tuple[Plan, LoopState]:
@@ -182,7 +188,10 @@ def decide(obs: Observation, state: LoopState, settings: LoopSettings = LoopSett
         retire = plan_promotion(obs, desired, request.offers)[1]
     conds, budget_note = _conditions(obs, choices, missing, request, plan, desired, ready)
     decision, events = _decision_record(obs, state, saturated, target, plan, step, conds)
-    rows = _rows(obs, api_pools, request, desired, ready, warm, saturated)
+    load_rps = obs.load.arrival_rate_rps if obs.load is not None else request.demand_rps
+    rows, efficiency = _with_efficiency(
+        _rows(obs, api_pools, request, desired, ready, warm, saturated), obs, request, desired, load_rps, mix
+    )
     cost = sum(price.get(p, 0.0) * n for p, n in desired.items()) + sum(price.get(p, 0.0) * n for p, n in warm.items())
     next_state = LoopState(
         scaling=scaling,
@@ -203,6 +212,7 @@ def decide(obs: Observation, state: LoopState, settings: LoopSettings = LoopSett
         rows=rows,
         cost_per_hour=cost,
         placement=plan,
+        efficiency=efficiency,
         devices_per_replica={c.pool.metadata.name or "": c.devices_per_replica for c in usable},
         slo_targets=_slo_targets(infd),
     )
@@ -575,6 +585,52 @@ def _rows(
             )
         )
     return tuple(rows)
+
+
+def _with_efficiency(
+    rows: tuple[PoolRow, ...],
+    obs: Observation,
+    request: PlacementRequest,
+    desired: Mapping[str, int],
+    load_rps: float,
+    mix: RequestMix,
+) -> tuple[tuple[PoolRow, ...], Efficiency | None]:
+    """Each row's Wh and $ per million generated tokens, and the deployment's (see :mod:`infleet.policy.efficiency`)."""
+    offers = {o.pool: o for o in request.offers}
+    capacity = {p: n * offers[p].replica_capacity_rps for p, n in desired.items() if p in offers}
+    total_capacity = sum(capacity.values())
+    out = []
+    parts: dict[str, tuple[Efficiency, float, float | None, float]] = {}
+    for row in rows:
+        view = obs.pools.get(row.pool)
+        replicas = row.desired + row.warm
+        if view is None or row.pool not in offers or replicas == 0:
+            out.append(row)
+            continue
+        share = capacity.get(row.pool, 0.0) / total_capacity if total_capacity > 0 else 0.0
+        estimated_tps = load_rps * mix.mean_gen * share
+        power = view.pool.spec.power
+        devices = replicas * offers[row.pool].devices_per_replica
+        estimated_watts = None if power is None else devices * power.typical_watts_per_device
+        measured = obs.usage.get(row.pool)
+        eff = pool_efficiency(
+            measured=measured,
+            estimated_tokens_per_s=estimated_tps,
+            estimated_watts=estimated_watts,
+            usd_per_hour=row.cost_per_hour,
+        )
+        tokens = measured.tokens_per_s if measured is not None and measured.tokens_per_s > 0 else estimated_tps
+        watts = measured.watts if eff.source == "measured" and measured is not None else estimated_watts
+        parts[row.pool] = (eff, tokens, watts, row.cost_per_hour)
+        out.append(
+            dataclasses.replace(
+                row,
+                wh_per_million_tokens=eff.wh_per_million_tokens,
+                usd_per_million_tokens=eff.usd_per_million_tokens,
+                efficiency_source=eff.source,
+            )
+        )
+    return tuple(out), (total_efficiency(parts) if parts else None)
 
 
 def describe(plan: PlacementPlan) -> str:

@@ -144,7 +144,19 @@ def test_inference_deployment_crd_shape() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Model", "Ready", "Replicas", "Pools", "Cost/h", "SLO", "Status", "Age"]
+    assert columns == [
+        "Model",
+        "Ready",
+        "Replicas",
+        "Pools",
+        "Cost/h",
+        "SLO",
+        "Status",
+        "Wh/Mtok",
+        "$/Mtok",
+        "Efficiency",
+        "Age",
+    ]
     props = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     # Units live in the field names.
     assert "maxHourlyCostUSD" in props["cost"]["properties"]

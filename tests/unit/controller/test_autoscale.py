@@ -111,3 +111,22 @@ def test_meter_ignores_the_mix_of_too_few_requests() -> None:
     source.pages["p"] = WorkerMetrics(requests_total=3, prompt_tokens=300, generation_tokens=30)
     got = meter.measure("k", make_infd(), pods, 10.0)
     assert got.load is not None and got.mix is None
+
+
+def test_energy_is_parsed_and_absent_when_the_worker_cannot_measure() -> None:
+    page = "# TYPE infleet_worker_energy_joules counter\ninfleet_worker_energy_joules_total{device=\"cpu\"} 120.5\n"
+    page += "# TYPE infleet_worker_energy_measurable gauge\ninfleet_worker_energy_measurable 1\n"
+    assert parse_worker_metrics(page).energy_joules == 120.5
+    off = "# TYPE infleet_worker_energy_measurable gauge\ninfleet_worker_energy_measurable 0\n"
+    assert parse_worker_metrics(off).energy_joules is None
+
+
+def test_pool_usage_from_two_readings() -> None:
+    from infleet.controller.autoscale import PoolCounters, pool_usage
+
+    a, b = PoolCounters(0.0, 1000.0, 500.0), PoolCounters(10.0, 6000.0, 1700.0)
+    got = pool_usage(a, b)
+    assert got is not None and (got.tokens_per_s, got.watts) == (500.0, 120.0)
+    assert pool_usage(b, PoolCounters(20.0, 10.0, 5.0)) is None  # a worker restarted: counters went back
+    no_energy = pool_usage(a, PoolCounters(10.0, 2000.0, None))
+    assert no_energy is not None and no_energy.watts is None

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import generate_latest
 
 from infleet.controller.metrics import OperatorMetrics
 
@@ -64,3 +65,19 @@ def test_pool_info_names_what_each_pool_is_and_follows_changes() -> None:
     assert value(m, "infleet_pool_info", **{**info, "product": "NVIDIA-H200"}) is None
     assert value(m, "infleet_pool_saturated", pool="h100-spot") is None
     m.forget_pool("never-seen")  # no error
+
+
+def test_efficiency_series_per_pool_and_removed_when_not_reported_again() -> None:
+    m = OperatorMetrics()
+    m.set_efficiency(
+        "ns", "chat", [("l4", "nvidia-gpu", "estimated", 41.7, 0.38), ("cpu", "cpu", "measured", None, 1.2)]
+    )
+    text = generate_latest(m.registry).decode()
+    series = 'deployment="chat",family="nvidia-gpu",namespace="ns",pool="l4",source="estimated"} 41.7'
+    assert "infleet_deployment_energy_wh_per_million_tokens{" + series in text
+    assert 'pool="cpu"' in text.split("infleet_deployment_cost_usd_per_million_tokens")[-1]
+    m.set_efficiency("ns", "chat", [("l4", "nvidia-gpu", "measured", 40.0, 0.35)])
+    text = generate_latest(m.registry).decode()
+    assert 'source="estimated"' not in text and 'pool="cpu"' not in text
+    m.forget_deployment("ns", "chat")
+    assert "per_million_tokens{" not in generate_latest(m.registry).decode()

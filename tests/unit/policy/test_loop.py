@@ -208,3 +208,36 @@ def test_the_carried_state_survives_its_json_and_a_restart_decides_the_same() ->
     assert here == there
     assert state_from_json("not json") == LoopState()
     assert state_from_json(None) == LoopState()
+
+
+def test_energy_and_cost_per_million_tokens_estimated_then_measured() -> None:
+    from infleet.policy.efficiency import PoolUsage
+
+    powered = pools()
+    l4 = powered["l4-spot"].pool
+    with_power = l4.model_copy(update={"spec": l4.spec.model_copy(update={"power": _power(50.0)})})
+    powered["l4-spot"] = PoolView(pool=with_power, free_devices=16, room_replicas=16)
+    mix = RequestMix(mean_prompt=1000, mean_gen=200, tail_prompt=3000)
+    plan, state = decide(obs(pools=powered, mix=mix), LoopState())
+    row = next(r for r in plan.rows if r.pool == "l4-spot")
+    # 3 L4 replicas x 50 W for 5 rps x 200 tokens = 1,000 tokens/s: 150 W / 3.6M tokens per hour
+    assert row.efficiency_source == "estimated"
+    assert row.wh_per_million_tokens == pytest.approx(150 / (1000 * 3600) * 1e6)
+    assert row.usd_per_million_tokens == pytest.approx(3 * 0.46 / (1000 * 3600) * 1e6)
+    assert plan.efficiency is not None and plan.efficiency.source == "estimated"
+    usage = {"l4-spot": PoolUsage(tokens_per_s=500.0, watts=120.0)}
+    measured, _ = decide(obs(pools=powered, mix=mix, replicas=running("l4-spot", 3), usage=usage), state)
+    mrow = next(r for r in measured.rows if r.pool == "l4-spot")
+    assert mrow.efficiency_source == "measured"
+    assert mrow.wh_per_million_tokens == pytest.approx(120 / (500 * 3600) * 1e6)
+    no_energy = {"l4-spot": PoolUsage(tokens_per_s=500.0, watts=None)}
+    half, _ = decide(obs(pools=pools(), replicas=running("l4-spot", 3), usage=no_energy), state)
+    hrow = next(r for r in half.rows if r.pool == "l4-spot")
+    assert hrow.efficiency_source == "estimated" and hrow.wh_per_million_tokens is None  # no power declared: none
+    assert hrow.usd_per_million_tokens == pytest.approx(3 * 0.46 / (500 * 3600) * 1e6)
+
+
+def _power(typical: float) -> Any:
+    from infleet.api import PowerSpec
+
+    return PowerSpec(typical_watts_per_device=typical)
