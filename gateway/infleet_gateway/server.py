@@ -72,6 +72,8 @@ class Gateway:
         self._declared: set[tuple[str, str]] = set()
         self._replica_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
         table.listeners.append(self._track_series)
+        for key in list(table.deployments):
+            self._track_series(key)
 
     def _track_series(self, key: tuple[str, str]) -> None:
         """Zeros for a new deployment; drop the per-replica series of replicas that are gone (pods churn)."""
