@@ -46,8 +46,10 @@ class ClientGoneError(Exception):
 
 
 async def forward(request: web.Request, session: aiohttp.ClientSession, url: str, body: bytes, *, stream: bool,
-                  timeout: aiohttp.ClientTimeout, clock: Callable[[], float] = time.monotonic,
-                  ) -> Relayed | Retryable:
+                  timeout: aiohttp.ClientTimeout, on_relayed: Callable[[Relayed], None],
+                  clock: Callable[[], float] = time.monotonic) -> Relayed | Retryable:
+    """One attempt; `on_relayed` runs once the answer is complete but before a stream's end is sent, so metrics
+    are recorded before the client can see the request finish."""
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
     resp: web.StreamResponse | None = None
     first_token: float | None = None
@@ -60,8 +62,10 @@ async def forward(request: web.Request, session: aiohttp.ClientSession, url: str
                                  cool_down=up.status != 429)
             if not content_type.startswith("text/event-stream"):
                 data = await up.read()
-                return Relayed(response=web.Response(body=data, status=up.status,
+                done = Relayed(response=web.Response(body=data, status=up.status,
                                                      headers={"Content-Type": content_type}), first_token_s=None)
+                on_relayed(done)
+                return done
             async for chunk in up.content.iter_any():
                 if resp is None:
                     resp = web.StreamResponse(status=up.status, headers={
@@ -72,16 +76,20 @@ async def forward(request: web.Request, session: aiohttp.ClientSession, url: str
                 await _to_client(resp.write(chunk))
             if resp is None:
                 return Retryable(reason="upstream closed the stream before sending anything", cool_down=True)
+            done = Relayed(response=resp, first_token_s=first_token)
+            on_relayed(done)
             await _to_client(resp.write_eof())
-            return Relayed(response=resp, first_token_s=first_token)
+            return done
     except (TimeoutError, aiohttp.ClientError) as exc:
         if resp is None:
             return Retryable(reason=f"{type(exc).__name__}: {exc}", cool_down=True)
         await _to_client(resp.write(error_event(f"the replica failed mid-stream ({type(exc).__name__}); the "
                                                 "response is incomplete", "upstream_disconnected")))
+        done = Relayed(response=resp, first_token_s=first_token, failed_mid_stream=True)
+        on_relayed(done)
         await _to_client(resp.write(b"data: [DONE]\n\n"))
         await _to_client(resp.write_eof())
-        return Relayed(response=resp, first_token_s=first_token, failed_mid_stream=True)
+        return done
 
 
 async def _to_client(write: Awaitable[object]) -> None:

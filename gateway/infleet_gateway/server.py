@@ -176,16 +176,19 @@ class Gateway:
                 self.metrics.queue_wait.labels(ns, name).observe(slot.queued_s)
                 self.metrics.overhead.labels(ns, name).observe(max(0.0, self.clock() - arrived - slot.queued_s))
             replica = slot.replica
+
+            def observe(done: Relayed, pool: str = replica.spec.pool) -> None:
+                self._observe((ns, name), arrived, done, pool)
+
             try:
                 result = await forward(request, self._session(), replica.spec.url + path, raw, stream=stream,
-                                       timeout=self.timeout, clock=self.clock)
+                                       timeout=self.timeout, on_relayed=observe, clock=self.clock)
             except ClientGoneError:
                 log.debug("client went away during a request to %s", replica.replica_id)
                 return web.Response(status=499)  # never written: the connection is gone
             finally:
                 self.admission.release(slot)
             if isinstance(result, Relayed):
-                self._observe(dep.key, arrived, result, replica.spec.pool)
                 return result.response
             last = result
             tried.add(replica.replica_id)
