@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--connect-timeout", type=float, default=float(_env("CONNECT_TIMEOUT", "2")))
     r.add_argument("--idle-timeout", type=float, default=float(_env("IDLE_TIMEOUT", "120")),
                    help="the longest silence from a replica mid-answer")
+    p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default=_env("EVENT_LOOP", "auto"),
+                   help="auto: uvloop when installed (about half the per-request overhead), else asyncio's")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
 
@@ -142,7 +144,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"infleet-gateway: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(args, gateway, kube))
+    with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
+        return runner.run(serve(args, gateway, kube))
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            print("infleet-gateway: --event-loop uvloop, but uvloop is not installed", file=sys.stderr)
+            raise SystemExit(2) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 if __name__ == "__main__":
