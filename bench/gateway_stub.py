@@ -109,7 +109,10 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
 
 
 def pinned(cpu: int | None) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []
+    """taskset prefix for one CPU (none with GATEWAY_BENCH_NO_PIN=1, or without taskset)."""
+    if cpu is None or os.environ.get("GATEWAY_BENCH_NO_PIN") == "1" or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(cpu)]
 
 
 @dataclass
