@@ -136,8 +136,9 @@ class Admission:
         r = slot.replica
         r.in_flight = max(0, r.in_flight - 1)
         d = slot.deployment.spec
-        self.metrics.in_flight.labels(d.namespace, d.name).dec()
-        self.metrics.replica_in_flight.labels(d.namespace, d.name, r.spec.pool, r.replica_id).set(r.in_flight)
+        m = self.metrics
+        m.child(m.in_flight, d.namespace, d.name).dec()
+        m.child(m.replica_in_flight, d.namespace, d.name, r.spec.pool, r.replica_id).set(r.in_flight)
         self.pump(slot.deployment.key)
 
     def pump(self, key: tuple[str, str]) -> None:
@@ -171,13 +172,13 @@ class Admission:
         replica = dep.replicas[decision.replica_id]
         replica.in_flight += 1
         d = dep.spec
-        self.metrics.in_flight.labels(d.namespace, d.name).inc()
-        self.metrics.replica_in_flight.labels(d.namespace, d.name, replica.spec.pool, replica.replica_id).set(
-            replica.in_flight)
-        self.metrics.routed.labels(d.namespace, d.name, replica.spec.pool, replica.replica_id,
-                                   decision.reason).inc()
+        m = self.metrics
+        m.child(m.in_flight, d.namespace, d.name).inc()
+        m.child(m.replica_in_flight, d.namespace, d.name, replica.spec.pool, replica.replica_id).set(replica.in_flight)
+        m.child(m.routed, d.namespace, d.name, replica.spec.pool, replica.replica_id, decision.reason).inc()
         return Slot(deployment=dep, replica=replica, decision=decision,
                     queued_s=0.0 if queued_since is None else now - queued_since)
 
     def _set_depth(self, key: tuple[str, str]) -> None:
-        self.metrics.queue_depth.labels(*key).set(sum(not w.future.done() for w in self.queues.get(key, ())))
+        # Only pending waiters are queued: pump pops a waiter before resolving it, acquire removes its own.
+        self.metrics.child(self.metrics.queue_depth, *key).set(len(self.queues.get(key, ())))

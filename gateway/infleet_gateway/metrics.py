@@ -5,12 +5,15 @@ contract the operator scales on (`infleet.controller.gateway_signals` parses the
 from __future__ import annotations
 
 import contextlib
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 # The worker's layout (docs/metrics.md), so an SLO target is an exact bucket boundary here too.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+M = TypeVar("M", bound=MetricWrapperBase)
 REJECT_REASONS = ("queue_full", "queue_timeout", "upstream_error")
 ROUTE_REASONS = ("least_load", "affinity", "affinity_spill")
 
@@ -45,6 +48,16 @@ class GatewayMetrics:
                                          [*d, "pool", "phase"], registry=r)
         self.replicas = Gauge(p + "replicas", "Replicas known to the gateway by routing state", [*d, "state"],
                               registry=r)
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+
+    def child(self, metric: M, *labels: str) -> M:
+        """`metric.labels(*labels)`, memoised: the per-request path touches about ten series, and the client
+        library's label lookup (validation, locking) costs more than the update itself."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]
 
     def declare(self, namespace: str, deployment: str) -> None:
         """Export zeros for a deployment as soon as it is known, so rate() and the operator see it at once."""
@@ -55,5 +68,6 @@ class GatewayMetrics:
             self.rejected.labels(namespace, deployment, reason)
 
     def forget_replica(self, namespace: str, deployment: str, pool: str, replica: str) -> None:
+        self._children.pop((id(self.replica_in_flight), (namespace, deployment, pool, replica)), None)
         with contextlib.suppress(KeyError):
             self.replica_in_flight.remove(namespace, deployment, pool, replica)

@@ -157,7 +157,7 @@ class Gateway:
             return error_response(404, f"The model `{model}` does not exist or is not served by this gateway",
                                   "invalid_request_error", "model_not_found", param="model")
         ns, name = dep.key
-        self.metrics.received.labels(ns, name).inc()
+        self.metrics.child(self.metrics.received, ns, name).inc()
         stream = bool(body.get("stream"))
         key = prefix_key(body, self.proxy.prefix_chars)
         tried: set[str] = set()
@@ -173,8 +173,9 @@ class Gateway:
                 return self._reject(dep.key, "queue_timeout", f"`{model}`: {why} within {exc.waited_s:.1f}s",
                                     self.admission.retry_after_s(dep))
             if attempt == 0:
-                self.metrics.queue_wait.labels(ns, name).observe(slot.queued_s)
-                self.metrics.overhead.labels(ns, name).observe(max(0.0, self.clock() - arrived - slot.queued_s))
+                m = self.metrics
+                m.child(m.queue_wait, ns, name).observe(slot.queued_s)
+                m.child(m.overhead, ns, name).observe(max(0.0, self.clock() - arrived - slot.queued_s))
             replica = slot.replica
 
             def observe(done: Relayed, pool: str = replica.spec.pool) -> None:
@@ -207,9 +208,9 @@ class Gateway:
 
     def _observe(self, key: tuple[str, str], arrived: float, result: Relayed, pool: str) -> None:
         now = self.clock()
-        self.metrics.duration.labels(*key).observe(now - arrived)
+        self.metrics.child(self.metrics.duration, *key).observe(now - arrived)
         if result.first_token_s is not None:
-            self.metrics.ttft.labels(*key).observe(result.first_token_s - arrived)
+            self.metrics.child(self.metrics.ttft, *key).observe(result.first_token_s - arrived)
         if result.failed_mid_stream:
             self.metrics.upstream_failures.labels(*key, pool, "mid_stream").inc()
 
