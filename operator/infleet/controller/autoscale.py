@@ -9,14 +9,25 @@ A sample outlives its deployment only until :meth:`LoadMeter.forget`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from infleet.api import InferenceDeployment
+from infleet.controller.gateway_signals import DeploymentKey, GatewayLoad
 from infleet.controller.kube import Obj
 from infleet.controller.manifests import LABEL_POOL
 from infleet.controller.observe import Measured
-from infleet.controller.scrape import LoadSample, MetricsSource, WorkerMetrics, combine, fetch_each, interval
+from infleet.controller.scrape import (
+    Interval,
+    LoadSample,
+    MetricsSource,
+    WorkerMetrics,
+    combine,
+    fetch_each,
+    interval,
+    quantile_from_buckets,
+)
 from infleet.policy.autoscaler import LoadObservation
 from infleet.policy.capacity import RequestMix
 from infleet.policy.efficiency import PoolUsage
@@ -61,39 +72,104 @@ def pool_usage(before: PoolCounters, now: PoolCounters) -> PoolUsage | None:
     return PoolUsage(tokens_per_s=tokens / dt, watts=watts)
 
 
+@dataclass(frozen=True, kw_only=True)
+class GatewayInterval:
+    """One deployment's load as the gateways saw it between two samples."""
+
+    arrival_rate_rps: float
+    queue_depth: int
+    in_flight: int
+    ttft_p99_s: float | None
+    e2e_p99_s: float | None
+
+
+@dataclass
+class GatewayMeter:
+    """The gateways' /metrics, fetched at most once per ``max_age_s`` for all deployments, and per deployment the
+    last sample (a rate needs two). The gateway sees what workers cannot: requests held while no replica is ready
+    (scale from zero), arrivals at arrival, and the latency clients get, queueing included."""
+
+    fetch: Callable[[], Mapping[DeploymentKey, GatewayLoad] | None]
+    max_age_s: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    previous: dict[DeploymentKey, tuple[float, GatewayLoad]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _page: tuple[float, Mapping[DeploymentKey, GatewayLoad] | None] | None = None
+
+    def sample(self) -> Mapping[DeploymentKey, GatewayLoad] | None:
+        now = self.clock()
+        with self.lock:
+            if self._page is not None and now - self._page[0] < self.max_age_s:
+                return self._page[1]
+        page = self.fetch()
+        with self.lock:
+            self._page = (now, page)
+        return page
+
+    def observe(self, key: DeploymentKey, now_s: float) -> GatewayInterval | None:
+        page = self.sample()
+        load = None if page is None else page.get(key)
+        if load is None:
+            return None
+        with self.lock:
+            before = self.previous.get(key)
+            self.previous[key] = (now_s, load)
+        if before is None or now_s <= before[0]:
+            return None
+        then, old = before
+        dt = now_s - then
+        return GatewayInterval(
+            arrival_rate_rps=max(0.0, load.received_total - old.received_total) / dt,
+            queue_depth=round(load.queue_depth),
+            in_flight=round(load.in_flight),
+            ttft_p99_s=quantile_from_buckets(_delta(load.ttft_buckets, old.ttft_buckets), 0.99),
+            e2e_p99_s=quantile_from_buckets(_delta(load.duration_buckets, old.duration_buckets), 0.99),
+        )
+
+    def forget(self, key: DeploymentKey) -> None:
+        with self.lock:
+            self.previous.pop(key, None)
+
+
+def _delta(now: Mapping[float, float], before: Mapping[float, float]) -> dict[float, float]:
+    return {le: max(0.0, n - before.get(le, 0.0)) for le, n in now.items()}
+
+
 @dataclass
 class LoadMeter:
     source: MetricsSource
+    gateway: GatewayMeter | None = None
     samples: dict[str, LoadSample] = field(default_factory=dict)
     pools: dict[str, dict[str, PoolCounters]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def measure(self, key: str, infd: InferenceDeployment, ready_serving_pods: Iterable[Obj], now_s: float) -> Measured:
-        """The load since the last call for ``key`` (empty when no worker answered, or on the first sample)."""
+        """The load since the last call for ``key`` (empty when nothing answered, or on the first sample).
+
+        With gateways, their arrivals, queue and client-side tail are the signal (the workers' queue adds to the
+        gateway's), also while no replica is ready: that is how a deployment at zero wakes up.
+        """
         scrapes = fetch_each(self.source, ready_serving_pods)
         sample = combine(now_s, [m for _, m in scrapes])
-        if sample is None:
-            return Measured()
-        counters = pool_counters(now_s, scrapes)
+        namespace, _, name = key.partition("/")
+        gateway = self.gateway.observe((namespace, name), now_s) if self.gateway is not None else None
+        counters = pool_counters(now_s, scrapes) if scrapes else {}
         with self.lock:
             previous = self.samples.get(key)
-            self.samples[key] = sample
+            if sample is not None:
+                self.samples[key] = sample
             before = self.pools.get(key, {})
-            self.pools[key] = counters
+            if counters:
+                self.pools[key] = counters
         usage = {p: u for p, c in counters.items() if p in before and (u := pool_usage(before[p], c)) is not None}
-        got = interval(previous, sample)
-        if got is None:
+        got = interval(previous, sample) if sample is not None else None
+        if got is None and gateway is None:
             return Measured()
-        load = LoadObservation(
-            time_s=got.time_s,
-            arrival_rate_rps=got.arrival_rate_rps,
-            queue_depth=got.queue_depth,
-            in_flight=got.in_flight,
-            p99_latency_s=latency_signal(infd, got.ttft_p99_s, got.e2e_p99_s),
-        )
+        load = combined_load(infd, now_s, got, gateway)
         mix = None
         if (
-            got.finished >= MIN_REQUESTS_FOR_MIX
+            got is not None
+            and got.finished >= MIN_REQUESTS_FOR_MIX
             and got.prompt_tokens_per_request is not None
             and got.generated_tokens_per_request is not None
         ):
@@ -108,3 +184,31 @@ class LoadMeter:
         with self.lock:
             self.samples.pop(key, None)
             self.pools.pop(key, None)
+        if self.gateway is not None:
+            namespace, _, name = key.partition("/")
+            self.gateway.forget((namespace, name))
+
+
+def combined_load(
+    infd: InferenceDeployment, now_s: float, workers: Interval | None, gateway: GatewayInterval | None
+) -> LoadObservation:
+    """One LoadObservation from the workers' interval, the gateways' or both (the gateways' arrivals and tail win)."""
+    if gateway is None:
+        assert workers is not None
+        return LoadObservation(
+            time_s=now_s,
+            arrival_rate_rps=workers.arrival_rate_rps,
+            queue_depth=workers.queue_depth,
+            in_flight=workers.in_flight,
+            p99_latency_s=latency_signal(infd, workers.ttft_p99_s, workers.e2e_p99_s),
+        )
+    tail = latency_signal(infd, gateway.ttft_p99_s, gateway.e2e_p99_s)
+    if tail is None and workers is not None:
+        tail = latency_signal(infd, workers.ttft_p99_s, workers.e2e_p99_s)
+    return LoadObservation(
+        time_s=now_s,
+        arrival_rate_rps=gateway.arrival_rate_rps,
+        queue_depth=gateway.queue_depth + (workers.queue_depth if workers is not None else 0),
+        in_flight=workers.in_flight if workers is not None else gateway.in_flight,
+        p99_latency_s=tail,
+    )

@@ -53,6 +53,20 @@ def register(subparsers: Any) -> None:
         help="every other deployment and pool is reconciled at least this often (changes trigger one at once)",
     )
     p.add_argument("--workers", type=int, default=4, help="reconciles running at once")
+    p.add_argument(
+        "--gateway-url",
+        action="append",
+        default=[],
+        help="an infleet-gateway /metrics URL to scale on (repeatable; the gateways' queues and arrivals are summed)",
+    )
+    p.add_argument(
+        "--gateway-selector",
+        default=None,
+        help="label selector of infleet-gateway pods (found through the watch index; e.g. "
+        "app.kubernetes.io/component=gateway); their /metrics on --gateway-port are scraped",
+    )
+    p.add_argument("--gateway-namespace", default=None, help="namespace of those pods (default: the Lease's)")
+    p.add_argument("--gateway-port", type=int, default=8080, help="the gateways' HTTP port (default 8080)")
     add_decision_flags(p)
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="log format (default json)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -98,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from infleet.controller.handlers import Context, register_handlers
+    from infleet.controller.inferencepool import InferencePools
     from infleet.controller.kube import Kube
     from infleet.controller.leader import LeaseElector
     from infleet.controller.metrics import OperatorMetrics
@@ -128,8 +143,11 @@ def run(args: argparse.Namespace) -> int:
         namespaces=tuple(namespaces),
         workers=args.workers,
         slo_rules=SloRules(kube),
+        inference_pools=InferencePools(kube),
         elector=elector,
     )
+    if ctx.settings.meter is not None and (args.gateway_url or args.gateway_selector):
+        ctx.settings.meter.gateway = gateway_meter(ctx, args)
     registry = kopf.OperatorRegistry()
     register_handlers(registry, ctx)
     settings = kopf.OperatorSettings()
@@ -195,3 +213,31 @@ def _own_namespace() -> str:
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
     except OSError:
         return "default"
+
+
+def gateway_meter(ctx: Any, args: argparse.Namespace) -> Any:
+    """The gateways' metrics for the autoscaler: static URLs, and ready pods matching --gateway-selector."""
+    from infleet.controller.autoscale import GatewayMeter
+    from infleet.controller.gateway_signals import HttpGatewaySource
+    from infleet.controller.snapshot import pod_ready, selects
+
+    source = HttpGatewaySource(list(args.gateway_url))
+    selector = dict(kv.split("=", 1) for kv in (args.gateway_selector or "").split(",") if "=" in kv)
+    namespace = args.gateway_namespace or args.leader_election_namespace or _own_namespace()
+
+    def urls() -> list[str]:
+        found = list(args.gateway_url)
+        if selector:
+            with ctx.index.lock:
+                pods = [p for (ns, _), p in ctx.index.pods.items() if ns == namespace]
+            for pod in pods:
+                ip = (pod.get("status") or {}).get("podIP")
+                if ip and pod_ready(pod) and selects(selector, pod["metadata"].get("labels") or {}):
+                    found.append(f"http://{ip}:{args.gateway_port}/metrics")
+        return found
+
+    def fetch() -> Any:
+        source.urls = urls()
+        return source.fetch()
+
+    return GatewayMeter(fetch=fetch, max_age_s=min(1.0, args.interval / 2))

@@ -24,6 +24,7 @@ import kopf
 
 from infleet.api import GROUP, VERSION
 from infleet.controller.index import ClusterIndex, Key
+from infleet.controller.inferencepool import InferencePools
 from infleet.controller.informer import Informer
 from infleet.controller.kube import Kube, Obj
 from infleet.controller.leader import LeaseElector
@@ -32,7 +33,7 @@ from infleet.controller.loopstate import LoopStates
 from infleet.controller.manifests import MANAGED_BY, MANAGER
 from infleet.controller.metrics import OperatorMetrics
 from infleet.controller.observe import parse_pools
-from infleet.controller.reconcile import Settings, emit, reconcile
+from infleet.controller.reconcile import Settings, emit, owner_of, reconcile
 from infleet.controller.slorules import SloRules
 from infleet.controller.snapshot import infleet_devices_by_pool, node_usage, pool_capacity
 from infleet.controller.status import merge_conditions
@@ -59,6 +60,7 @@ class Context:
     namespaces: tuple[str, ...] = ()  # () : every namespace
     workers: int = 4
     slo_rules: SloRules | None = None  # None: no PrometheusRules (unit tests); the CLI always sets one
+    inference_pools: InferencePools | None = None  # None: no InferencePools (unit tests); the CLI always sets one
     states: LoopStates = field(default_factory=LoopStates)
     index: ClusterIndex = field(default_factory=ClusterIndex)
     ledger: CapacityLedger = field(default_factory=CapacityLedger)
@@ -67,8 +69,8 @@ class Context:
     informers: list[Informer] = field(default_factory=list)
     applied_services: dict[str, str] = field(default_factory=dict)
     state_written: dict[str, float] = field(default_factory=dict)  # uid -> monotonic time of the last state write
-    # uid -> (generation, API present, when) of the last PrometheusRule sync
-    rules_synced: dict[str, tuple[int, bool, float]] = field(default_factory=dict)
+    # uid -> (generation, APIs present, when) of the last PrometheusRule and InferencePool sync
+    rules_synced: dict[str, tuple[int, tuple[bool, bool], float]] = field(default_factory=dict)
 
     def active(self) -> bool:
         return self.elector is None or self.elector.is_leader()
@@ -143,15 +145,21 @@ def write_status(ctx: Context, body: Obj, status: dict[str, Any]) -> None:
 
 
 def sync_rules(ctx: Context, body: Obj) -> None:
-    """Apply the SLO rule when the spec changed, the PrometheusRule API appeared, or every RULES_RESYNC_S."""
-    if ctx.slo_rules is None:
+    """Apply the SLO rule and the InferencePool when the spec changed, their API appeared, or every RULES_RESYNC_S."""
+    if ctx.slo_rules is None and ctx.inference_pools is None:
         return
     uid, generation = body["metadata"]["uid"], int(body["metadata"].get("generation") or 0)
-    available = ctx.slo_rules.api_available()
+    available = (
+        ctx.slo_rules.api_available() if ctx.slo_rules is not None else False,
+        ctx.inference_pools.api_available() if ctx.inference_pools is not None else False,
+    )
     last = ctx.rules_synced.get(uid)
     now = time.monotonic()
     if last is None or last[:2] != (generation, available) or now - last[2] >= RULES_RESYNC_S:
-        ctx.slo_rules.sync(body)
+        if ctx.slo_rules is not None:
+            ctx.slo_rules.sync(body)
+        if ctx.inference_pools is not None:
+            ctx.inference_pools.sync(owner_of(body))
         ctx.rules_synced[uid] = (generation, available, now)
 
 

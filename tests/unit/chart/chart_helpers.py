@@ -22,3 +22,9 @@ def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.Completed
 
 def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objs if o.get("kind") == kind]
+
+
+def by_component(objs: list[dict[str, Any]], kind: str, component: str) -> list[dict[str, Any]]:
+    """Objects of `kind` belonging to one part of the release (`operator` or `gateway`)."""
+    return [o for o in by_kind(objs, kind)
+            if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == component]

@@ -13,9 +13,14 @@ import pytest
 import yaml
 
 from infleet.slo import operator_alerts, recording_rules
-from tests.unit.chart.chart_helpers import CHART, REPO, Render, by_kind, run_helm
+from tests.unit.chart.chart_helpers import CHART, REPO, Render, by_component, by_kind, run_helm
 
 VALUES_FILES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
+
+
+def operator_pod(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = by_component(objs, "Deployment", "operator")
+    return dict(dep["spec"]["template"]["spec"])
 
 
 def test_there_are_several_values_files() -> None:
@@ -31,7 +36,7 @@ def test_helm_lint_strict(helm: Path, values: str) -> None:
 @pytest.mark.parametrize("values", VALUES_FILES)
 def test_template_renders_valid_objects(render: Render, values: str) -> None:
     objs = render(values)
-    assert by_kind(objs, "Deployment")
+    assert by_component(objs, "Deployment", "operator")
     for o in objs:
         assert o.get("apiVersion") and o.get("kind") and o.get("metadata", {}).get("name"), o
 
@@ -62,7 +67,7 @@ def test_standalone_with_many_replicas_is_refused(helm: Path) -> None:
 
 
 def test_operator_pod_is_hardened(render: Render) -> None:
-    dep = by_kind(render(), "Deployment")[0]
+    dep = by_component(render(), "Deployment", "operator")[0]
     pod = dep["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -76,15 +81,15 @@ def test_operator_pod_is_hardened(render: Render) -> None:
 
 
 def test_operator_args_follow_values(render: Render) -> None:
-    args = by_kind(render("ha-values.yaml"), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = operator_pod(render("ha-values.yaml"))["containers"][0]["args"]
     assert args[0] == "run"
     assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
     assert "--peering=infleet-ha" in args and "--fallback-after-seconds=120" in args
     assert "--image-repository=registry.example.com/infleet/worker" in args
-    default = by_kind(render(), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    default = operator_pod(render())["containers"][0]["args"]
     assert "--all-namespaces" in default and "--peering=infleet" in default
     assert not any(a.startswith("--fallback-after-seconds") for a in default)
-    minimal = by_kind(render("minimal-values.yaml"), "Deployment")[0]["spec"]["template"]["spec"]
+    minimal = operator_pod(render("minimal-values.yaml"))
     assert "--standalone" in minimal["containers"][0]["args"] and "--metrics-port=0" in minimal["containers"][0]["args"]
     assert minimal["serviceAccountName"] == "my-precreated-sa"
 
@@ -95,14 +100,14 @@ def test_the_operator_cli_accepts_the_rendered_args(render: Render) -> None:
 
     parser = build_parser()
     for values in VALUES_FILES:
-        c = by_kind(render(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+        c = operator_pod(render(values))["containers"][0]
         assert c["command"] == ["infleet"]
         ns = parser.parse_args(c["args"])
         assert ns.command == "run"
 
 
 def test_rbac_has_no_wildcards_and_only_the_worker_admin_secret(render: Render) -> None:
-    (role,) = by_kind(render("monitoring-values.yaml"), "ClusterRole")
+    (role,) = by_component(render("monitoring-values.yaml"), "ClusterRole", "operator")
     secret_rules = []
     for rule in role["rules"]:
         for key in ("apiGroups", "resources", "verbs"):
@@ -151,7 +156,7 @@ def test_network_policy_admits_only_operator_gateway_and_scraper(render: Render)
 
 def test_rbac_options(render: Render) -> None:
     def groups(objs: list[dict[str, Any]]) -> set[str]:
-        return {g for r in by_kind(objs, "ClusterRole")[0]["rules"] for g in r["apiGroups"]}
+        return {g for r in by_component(objs, "ClusterRole", "operator")[0]["rules"] for g in r["apiGroups"]}
 
     assert "monitoring.coreos.com" in groups(render())
     minimal = render("minimal-values.yaml")
@@ -161,7 +166,7 @@ def test_rbac_options(render: Render) -> None:
     assert not by_kind(render(sets=("rbac.create=false",)), "ClusterRole")
 
     def resources(objs: list[dict[str, Any]]) -> set[str]:
-        return {res for r in by_kind(objs, "ClusterRole")[0]["rules"] for res in r["resources"]}
+        return {res for r in by_component(objs, "ClusterRole", "operator")[0]["rules"] for res in r["resources"]}
 
     assert "namespaces" not in resources(render()), "cluster-wide kopf does not observe namespaces"
     assert "namespaces" in resources(render("ha-values.yaml")), "kopf observes the namespaces it is given"
@@ -197,7 +202,7 @@ def test_crd_opt_out_and_no_keep(render: Render) -> None:
 
 def test_monitoring_objects(render: Render) -> None:
     objs = render("monitoring-values.yaml")
-    (sm,) = by_kind(objs, "ServiceMonitor")
+    (sm,) = by_component(objs, "ServiceMonitor", "operator")
     assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     (pm,) = by_kind(objs, "PodMonitor")

@@ -88,9 +88,14 @@ def test_meter_needs_answers_and_two_samples_then_measures_arrivals_tail_and_mix
     assert meter.measure("ns/chat", infd, pods, 10.0).load is None  # first sample: no rate yet
     for i in range(3):
         source.pages[f"p{i}"] = WorkerMetrics(
-            waiting=10, running=4, requests_total=40, prompt_tokens=40_000, generation_tokens=8_000,
-            ttft_buckets={0.25: 38, 1.0: 40, float("inf"): 40}, latency_buckets={5.0: 40, float("inf"): 40},
-        )  # fmt: skip
+            waiting=10,
+            running=4,
+            requests_total=40,
+            prompt_tokens=40_000,
+            generation_tokens=8_000,
+            ttft_buckets={0.25: 38, 1.0: 40, float("inf"): 40},
+            latency_buckets={5.0: 40, float("inf"): 40},
+        )
     got = meter.measure("ns/chat", infd, pods, 20.0)
     assert got.load is not None
     assert got.load.arrival_rate_rps == pytest.approx((120 + 42) / 10)  # finished + the backlog's growth
@@ -114,7 +119,7 @@ def test_meter_ignores_the_mix_of_too_few_requests() -> None:
 
 
 def test_energy_is_parsed_and_absent_when_the_worker_cannot_measure() -> None:
-    page = "# TYPE infleet_worker_energy_joules counter\ninfleet_worker_energy_joules_total{device=\"cpu\"} 120.5\n"
+    page = '# TYPE infleet_worker_energy_joules counter\ninfleet_worker_energy_joules_total{device="cpu"} 120.5\n'
     page += "# TYPE infleet_worker_energy_measurable gauge\ninfleet_worker_energy_measurable 1\n"
     assert parse_worker_metrics(page).energy_joules == 120.5
     off = "# TYPE infleet_worker_energy_measurable gauge\ninfleet_worker_energy_measurable 0\n"
@@ -130,3 +135,56 @@ def test_pool_usage_from_two_readings() -> None:
     assert pool_usage(b, PoolCounters(20.0, 10.0, 5.0)) is None  # a worker restarted: counters went back
     no_energy = pool_usage(a, PoolCounters(10.0, 2000.0, None))
     assert no_energy is not None and no_energy.watts is None
+
+
+def test_the_gateway_wakes_a_deployment_at_zero() -> None:
+    """No ready worker, requests held at the gateway: the meter sees them and the loop scales up from zero."""
+    from infleet.controller.autoscale import GatewayMeter, LoadMeter
+    from infleet.controller.gateway_signals import GatewayLoad
+    from infleet.policy.loop import LoopState, Observation, PoolView, decide
+    from tests.unit.controller.builders import make_pool
+
+    pages = [
+        {("ns", "chat"): GatewayLoad(received_total=0.0)},
+        {("ns", "chat"): GatewayLoad(received_total=12.0, queue_depth=12.0)},
+    ]
+    clock = {"t": 0.0}
+    gateway = GatewayMeter(fetch=lambda: pages.pop(0), max_age_s=0.0, clock=lambda: clock["t"])
+    meter = LoadMeter(FakeSource(), gateway=gateway)
+    infd = make_infd(slo={"p99LatencyMs": 2000}, scaling={"minReplicas": 0, "maxReplicas": 4})
+    assert meter.measure("ns/chat", infd, [], 0.0).load is None  # first gateway sample
+    clock["t"] = 10.0
+    got = meter.measure("ns/chat", infd, [], 10.0)
+    assert got.load is not None
+    assert (got.load.arrival_rate_rps, got.load.queue_depth) == (1.2, 12)
+    pool = make_pool()
+    obs = Observation(
+        now_s=10.0,
+        deployment=infd,
+        pools={"l4-spot": PoolView(pool=pool, free_devices=8, room_replicas=8)},
+        load=got.load,
+    )
+    plan, _ = decide(obs, LoopState())
+    assert sum(plan.serving.values()) >= 1
+    assert plan.decision is not None and plan.decision.kind == "ScaleUp"
+
+
+def test_gateway_arrivals_and_tail_win_and_queues_add_up() -> None:
+    from infleet.controller.autoscale import GatewayInterval, combined_load
+    from infleet.controller.scrape import Interval
+
+    infd = make_infd(slo={"p99LatencyMs": 2000, "ttftP99Ms": 500})
+    workers = Interval(
+        time_s=10.0,
+        arrival_rate_rps=3.0,
+        finished=30,
+        queue_depth=4,
+        in_flight=6,
+        e2e_p99_s=1.0,
+        ttft_p99_s=0.2,
+        prompt_tokens_per_request=None,
+        generated_tokens_per_request=None,
+    )
+    gateway = GatewayInterval(arrival_rate_rps=5.0, queue_depth=7, in_flight=9, ttft_p99_s=0.9, e2e_p99_s=1.5)
+    load = combined_load(infd, 10.0, workers, gateway)
+    assert (load.arrival_rate_rps, load.queue_depth, load.in_flight, load.p99_latency_s) == (5.0, 11, 6, 0.9)
