@@ -66,8 +66,11 @@ class Ports:
     @classmethod
     def from_env(cls) -> Ports:
         """Fixed defaults, shifted by INFLEET_CLUSTER_PORT_OFFSET so two clusters can coexist."""
-        off = int(os.environ.get("INFLEET_CLUSTER_PORT_OFFSET", "0"))
-        return cls(12379 + off, 12380 + off, 16443 + off, 20257 + off, 20259 + off, 20247 + off)
+        return cls.for_offset(int(os.environ.get("INFLEET_CLUSTER_PORT_OFFSET", "0")))
+
+    @classmethod
+    def for_offset(cls, off: int) -> Ports:
+        return cls(12379 + off, 12380 + off, BASE_APISERVER_PORT + off, 20257 + off, 20259 + off, 20247 + off)
 
     def all(self) -> list[int]:
         return [self.etcd_client, self.etcd_peer, self.apiserver, self.controller_manager, self.scheduler, self.kwok]
@@ -156,11 +159,16 @@ class LocalCluster:
     """One local control plane rooted at a state directory."""
 
     def __init__(self, state_dir: Path | None = None, versions: Versions | None = None,
-                 pools_file: Path = nodepools.DEFAULT_POOLS_FILE) -> None:
+                 pools_file: Path = nodepools.DEFAULT_POOLS_FILE, port_offset: int | None = None) -> None:
+        """``port_offset`` None: INFLEET_CLUSTER_PORT_OFFSET (default 0). A running cluster keeps its saved ports."""
         self.layout = Layout(state_dir or default_state_dir())
         self.versions = versions or load_versions()
         self.pools_file = pools_file
-        self.ports = self._saved_ports() or Ports.from_env()
+        self.port_offset = port_offset
+        self.ports = self._saved_ports() or self._wanted_ports()
+
+    def _wanted_ports(self) -> Ports:
+        return Ports.from_env() if self.port_offset is None else Ports.for_offset(self.port_offset)
 
     # -- paths and clients -------------------------------------------------------------------------
     def _saved_ports(self) -> Ports | None:
@@ -221,7 +229,7 @@ class LocalCluster:
             progress(f"cluster already running at {self.server}; reconciling nodes")
         else:
             self.down(quiet=True)  # a half-started cluster from a crash: clean its processes first
-            self.ports = Ports.from_env()
+            self.ports = self._wanted_ports()
             for port in self.ports.all():
                 processes.check_port_free(port)
             self.layout.root.mkdir(parents=True, exist_ok=True)
