@@ -14,6 +14,9 @@ alone and this runner plays their kubelet instead:
 - deleting the pod sends SIGTERM, waits up to the pod's grace period, sends SIGKILL if needed, then removes the
   pod object (grace 0), as the kubelet does.
 
+A pod whose container is not ``infleet-worker`` (anything else a user creates in an opted-in namespace) is
+simulated as kwok would: Running and Ready at once, with no process.
+
 Workers are forked from one server that has imported torch once (``forkserver``), and at most ``max_workers``
 run at a time: a pod beyond the cap waits with reason ``RunnerCapacity`` and a message saying so.
 """
@@ -110,6 +113,7 @@ class Tracked:
     next_probe: float = 0.0
     reason: str = "ContainerCreating"
     message: str = ""
+    simulated: bool = False  # not a worker pod: Running and Ready with no process, as kwok would
     kill_at: float | None = None  # set once the pod is being deleted
     delete_sent_at: float = 0.0
     sent: dict[str, Any] | None = field(default=None, repr=False)
@@ -249,6 +253,10 @@ class PodRunner:
         try:
             launch = plan_launch(t.pod, t.ip, self._lookup)
         except PodNotRunnable as exc:
+            if exc.reason == "Unsupported":
+                log.info("pod %s is simulated: %s", t.key, exc)
+                t.simulated, t.started_at, t.spawn_at = True, now, float("inf")
+                return False
             t.reason, t.message = exc.reason, str(exc)
             t.spawn_at = now + 2  # the kubelet retries, e.g. until the Secret exists
             return False
@@ -328,7 +336,10 @@ class PodRunner:
         self._write_state()
 
     def _report(self, t: Tracked, now: float) -> None:
-        if t.pid is not None:
+        if t.simulated:
+            view = ContainerView(name=_container_name(t), image=_image(t), state="running", started_at=t.started_at,
+                                 ready=True)
+        elif t.pid is not None:
             view = ContainerView(name=t.launch.container if t.launch else "worker", image=_image(t), state="running",
                                  started_at=t.started_at, ready=t.ready, restart_count=t.restart_count,
                                  last_exit=t.last_exit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ def test_ranges_of_different_offsets_never_overlap() -> None:
     for net in ranges:
         assert net.subnet_of(ipaddress.IPv4Network("127.0.0.0/8"))
     ordered = sorted(ranges, key=lambda n: int(n.network_address))
-    for a, b in zip(ordered, ordered[1:], strict=False):
+    for a, b in itertools.pairwise(ordered):
         assert not a.overlaps(b), (a, b)
 
 
