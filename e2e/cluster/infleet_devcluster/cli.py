@@ -51,6 +51,7 @@ def _run_pods(cluster: LocalCluster, args: argparse.Namespace) -> int:
     from infleet_devcluster.podrunner import PodRunner, RunnerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a readiness probe per pod per second is not news
     pki = cluster.layout.pki
     api = KubeAPI(cluster.server, pki / "ca.crt", pki / "pod-runner.crt", pki / "pod-runner.key")
     config = RunnerConfig(run_dir=cluster.layout.run, network=cluster.network.running, host_ip=NODE_IP,

@@ -22,6 +22,7 @@ from tests.conftest import TestCluster
 pytestmark = pytest.mark.cluster
 T = TypeVar("T")
 ADMIN_TOKEN = "runner-it-" + uuid.uuid4().hex[:8]
+SERVED_NAME = "tiny-from-secret"  # the worker reads INFLEET_SERVED_MODEL_NAME: the Secret's value reaches it
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90, every: float = 0.2) -> T:
@@ -45,23 +46,26 @@ def ns(cluster: TestCluster) -> Iterator[str]:
     wait_for("default ServiceAccount", lambda: cluster.kubectl("get", "sa", "default", "-n", name,
                                                               check=False).returncode == 0, 60)
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "infleet-worker-admin"},
-              "data": {"token": base64.b64encode(ADMIN_TOKEN.encode()).decode()}}
+              "data": {"token": base64.b64encode(ADMIN_TOKEN.encode()).decode(),
+                       "served-name": base64.b64encode(SERVED_NAME.encode()).decode()}}
     cluster.kubectl("apply", "-n", name, "-f", "-", input=json.dumps(secret))
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=60s", check=False)
 
 
-def worker_deployment(name: str, served: str = "tiny-it") -> dict[str, Any]:
+def worker_deployment(name: str) -> dict[str, Any]:
     """A Deployment shaped like the ones the operator renders (infleet.controller.manifests)."""
     labels = {"app": name, "infleet.io/pool": "cpu-on-demand"}
     container = {
         "name": "worker", "image": "ghcr.io/infleet/worker-cpu:0.1.0", "command": ["infleet-worker"],
-        "args": ["serve", "--model", "/models/models/qwen", "--served-model-name", served, "--device", "cpu",
-                 "--port", "8000", "--state", "serving"],
+        "args": ["serve", "--model", "/models/models/qwen", "--device", "cuda", "--port", "8000", "--state",
+                 "serving"],
         "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "env": [{"name": "INFLEET_WORKER_ADMIN_TOKEN",
-                 "valueFrom": {"secretKeyRef": {"name": "infleet-worker-admin", "key": "token"}}}],
+                 "valueFrom": {"secretKeyRef": {"name": "infleet-worker-admin", "key": "token"}}},
+                {"name": "INFLEET_SERVED_MODEL_NAME",
+                 "valueFrom": {"secretKeyRef": {"name": "infleet-worker-admin", "key": "served-name"}}}],
         "resources": {"requests": {"cpu": "1"}},
     }
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
@@ -116,8 +120,7 @@ def test_pod_turns_ready_only_when_its_worker_answers_on_the_pod_ip(
     assert ipaddress.ip_address(ip) in cluster.local.network.running
     assert httpx.get(f"http://{ip}:8000/readyz", timeout=5).status_code == 200
     worker = wait_for("the runner's record of the worker", lambda: worker_of(cluster, ns, pod["metadata"]["name"]))
-    env = Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
-    assert f"INFLEET_WORKER_ADMIN_TOKEN={ADMIN_TOKEN}".encode() in env  # resolved from the Secret
+    assert worker["ip"] == ip and worker["port"] == 8000
     # Readiness follows the worker: a stopped process stops answering and the pod leaves the endpoints.
     os.kill(worker["pid"], signal.SIGSTOP)
     try:
@@ -133,10 +136,11 @@ def test_pod_turns_ready_only_when_its_worker_answers_on_the_pod_ip(
 def test_completions_answer_on_the_pod_ip(running_pod: tuple[str, dict[str, Any]]) -> None:
     _, pod = running_pod
     r = httpx.post(f"http://{pod['status']['podIP']}:8000/v1/completions", timeout=60,
-                   json={"model": "tiny-it", "prompt": "Hello", "max_tokens": 8})
+                   json={"model": SERVED_NAME, "prompt": "Hello", "max_tokens": 8})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"] == "tiny-it" and body["usage"]["completion_tokens"] == 8
+    assert body["usage"]["completion_tokens"] == 8
+    assert body["model"] == SERVED_NAME  # the pod's env, resolved from its Secret, reached the worker
 
 
 def test_deleting_the_pod_sends_sigterm_and_the_worker_drains(
