@@ -195,4 +195,4 @@ def test_pods_in_other_namespaces_stay_simulated(cluster: TestCluster) -> None:
         assert ipaddress.ip_address(pod["status"]["podIP"]) in cluster.local.network.simulated
         assert worker_of(cluster, name, pod["metadata"]["name"]) is None
     finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)

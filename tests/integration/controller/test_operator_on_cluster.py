@@ -117,9 +117,11 @@ def operator_in_namespace(
         op.wait_live()
         yield cluster, ns, op
     finally:
+        # Wait until the namespace is gone, with the operator still running: a session that ends (and stops the
+        # cluster) mid-deletion would otherwise leave the namespace Terminating in the cluster's state.
+        cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s", check=False)
         op.stop()
         print(op.log_tail(3000))
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         if models:
             remove_models_pv(cluster, ns)
 
