@@ -136,6 +136,7 @@ class PodRunner:
         self._stopping = False
         self.launcher: Launcher | None = None
         self.launcher_error = ""
+        self.probe_http = httpx.Client(timeout=1.0, trust_env=False)  # one client: no TLS set-up per probe
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -162,11 +163,30 @@ class PodRunner:
                  "fork server" if self.config.fork_server else "one process per worker")
         while not self._stopping:
             try:
+                self._check_launcher(time.time())
                 self.tick(time.time())
             except httpx.HTTPError as exc:
                 log.warning("API call failed: %s; retrying", exc)
+            except Exception:  # one bad pass must not take every worker down with the runner
+                log.exception("pod runner pass failed; continuing")
             time.sleep(self.config.tick_s)
         self.shutdown()
+
+    def _check_launcher(self, now: float) -> None:
+        """A dead fork server took its children with it (PR_SET_PDEATHSIG): report them killed, start a new one."""
+        launcher = self.launcher
+        if not isinstance(launcher, ForkServerLauncher) or launcher.proc.poll() is None:
+            return
+        log.error("the worker fork server exited (%s); restarting it", launcher.proc.returncode)
+        with contextlib.suppress(OSError):
+            launcher.close()
+        for t in self.tracked.values():
+            if t.pid is not None:
+                self._on_exit(t, 137, now)
+        try:
+            self.launcher = ForkServerLauncher(self.config.run_dir)
+        except (RuntimeError, OSError) as exc:
+            self.launcher, self.launcher_error = None, str(exc)
 
     def shutdown(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after 10 s); the pods stay as they are for the next start."""
@@ -282,7 +302,7 @@ class PodRunner:
         assert t.launch is not None
         probe = t.launch.readiness
         try:
-            code = httpx.get(f"http://{t.ip}:{probe.port}{probe.path}", timeout=1.0, trust_env=False).status_code
+            code = self.probe_http.get(f"http://{t.ip}:{probe.port}{probe.path}").status_code
             ready = 200 <= code < 400
         except httpx.HTTPError:
             ready = False
