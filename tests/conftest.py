@@ -3,10 +3,10 @@
 By default the session brings up a local control plane of its own: state in ``.cache/test-cluster`` (never the
 demo's ``.cache/cluster``) and ports shifted by ``INFLEET_CLUSTER_PORT_OFFSET + 50`` (or exactly
 ``INFLEET_TEST_PORT_OFFSET``), so whatever a user left in their local cluster (`make demo`) cannot change a test's
-outcome, and the tests leave nothing in theirs. A test cluster already running there is reused; one this session
-started is deleted at the end (processes and state) unless ``INFLEET_KEEP_CLUSTER=1``. To run the same tests
-against kind or another cluster, set ``INFLEET_TEST_KUBECONFIG`` to its kubeconfig. A plain ``KUBECONFIG`` is
-deliberately ignored: a shell pointed at production must never receive test objects by accident.
+outcome, and the tests leave nothing in theirs. Each session starts it from a clean slate and deletes it at the
+end (processes and state); with ``INFLEET_KEEP_CLUSTER=1`` it is kept, and reused by the next session. To run the
+same tests against kind or another cluster, set ``INFLEET_TEST_KUBECONFIG`` to its kubeconfig. A plain
+``KUBECONFIG`` is deliberately ignored: a shell pointed at production must never receive test objects by accident.
 """
 
 from __future__ import annotations
@@ -64,14 +64,14 @@ def cluster() -> Iterator[TestCluster]:
     if external:
         yield TestCluster(Path(external), local)
         return
-    started_here = not local.is_running()
-    if started_here:
-        local.delete()  # a clean slate: no objects from an earlier, interrupted session
+    keep = bool(os.environ.get("INFLEET_KEEP_CLUSTER"))
+    if not (keep and local.is_running()):
+        local.delete()  # a clean slate: nothing from an earlier (perhaps interrupted) session
     local.up()
     try:
         yield TestCluster(local.layout.kubeconfig, local)
     finally:
-        if started_here and not os.environ.get("INFLEET_KEEP_CLUSTER"):
+        if not keep:
             local.delete()
 
 

@@ -3,7 +3,8 @@ objects a scenario needs. Scenarios use it through :class:`Run` and never start 
 
 The cluster lives in ``.cache/e2e-cluster`` on ports ``INFLEET_CLUSTER_PORT_OFFSET + 30`` (or exactly
 ``INFLEET_E2E_PORT_OFFSET``): neither the demo's nor the tests' cluster, so `make e2e` passes before or after
-either, and it is deleted at the end unless ``INFLEET_KEEP_CLUSTER=1``.
+either. It starts from a clean slate and is deleted at the end, unless ``INFLEET_KEEP_CLUSTER=1`` (or
+``--keep-cluster``), which keeps it for the next run.
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ class Run:
 @contextlib.contextmanager
 def local_cluster(settings: Settings) -> Iterator[LocalCluster]:
     cluster = LocalCluster(STATE_DIR, port_offset=e2e_port_offset())
-    started_here = not cluster.is_running()
-    if started_here:
+    keep = settings.keep_cluster or bool(os.environ.get("INFLEET_KEEP_CLUSTER"))
+    if not (keep and cluster.is_running()):
         cluster.delete()  # a clean slate
     cluster.up(runner=RunnerSettings(cold_start_scale=settings.cold_start_scale))
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
@@ -150,7 +151,7 @@ def local_cluster(settings: Settings) -> Iterator[LocalCluster]:
     try:
         yield cluster
     finally:
-        if started_here and not (settings.keep_cluster or os.environ.get("INFLEET_KEEP_CLUSTER")):
+        if not keep:
             cluster.delete()
 
 
