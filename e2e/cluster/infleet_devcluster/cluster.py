@@ -88,6 +88,12 @@ class RunnerSettings:
     cold_start_scale: float = 0.0
     fork_server: bool = True
 
+    def __post_init__(self) -> None:  # checked before anything starts
+        if self.max_workers < 1:
+            raise ValueError(f"--max-workers must be >= 1, got {self.max_workers}")
+        if self.cold_start_scale < 0:
+            raise ValueError(f"--cold-start-scale must be >= 0, got {self.cold_start_scale}")
+
     def args(self) -> list[str]:
         out = ["--max-workers", str(self.max_workers), "--cold-start-scale", f"{self.cold_start_scale:g}"]
         return out if self.fork_server else [*out, "--no-fork-server"]

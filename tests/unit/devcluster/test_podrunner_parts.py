@@ -172,3 +172,10 @@ def test_kubectl_passes_every_argument_through(monkeypatch: pytest.MonkeyPatch) 
     cli.main(["kubectl", "-n", "kube-system", "get", "pods", "-o", "wide"])
     assert seen and seen[0][-6:] == ["-n", "kube-system", "get", "pods", "-o", "wide"]
     assert seen[0][1:3] == ["kubectl", "--kubeconfig"]
+
+
+def test_bad_runner_flags_are_refused_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["up", "--max-workers", "0"]) == 1
+    assert "--max-workers must be >= 1, got 0" in capsys.readouterr().err
+    assert cli.main(["up", "--cold-start-scale", "-1"]) == 1
+    assert "--cold-start-scale must be >= 0" in capsys.readouterr().err
