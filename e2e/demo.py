@@ -234,12 +234,14 @@ def dashboard_queries(deployment: str) -> list[str]:
     return out
 
 
-def check_metrics(deployment: str, timeout: float = 90) -> tuple[int, int, int]:
-    """(workers scraped, dashboard queries answering, of how many), once scrapes and rules have had time."""
+def check_metrics(deployment: str, ips: list[str], model: str, timeout: float = 90) -> tuple[int, int, int]:
+    """(workers scraped, dashboard queries answering, of how many), with a trickle of requests meanwhile (rates
+    over the last 30 s need traffic in the last 30 s): at most 5 requests every 5 s, until all answer."""
     exprs = dashboard_queries(deployment)
     deadline = time.monotonic() + timeout
     answering, workers = 0, 0
     while time.monotonic() < deadline:
+        burst(ips, model, requests=5)
         workers = len(query('up{job="infleet-workers"} == 1'))
         answering = sum(1 for e in exprs if query(e))
         if workers and answering == len(exprs):
@@ -278,10 +280,13 @@ def up(args: argparse.Namespace) -> int:
     placed = wait_placed(cluster, names, timeout=args.timeout)
     say("waiting for a Ready worker pod of small-cpu-model (a real infleet-worker behind the pod IP)")
     ips = wait_serving(cluster, "small-cpu-model", timeout=args.timeout)
+    model = "qwen2.5-0.5b-instruct"
     if ips:
-        say(f"a bounded burst of requests at {', '.join(ips)}: {burst(ips, 'qwen2.5-0.5b-instruct')} answered")
+        say(f"a bounded burst of requests at {', '.join(ips)}: {burst(ips, model)} answered")
     prom_ok = start_prometheus(cluster) if ips else False
-    metrics = check_metrics("small-cpu-model") if prom_ok else (0, 0, 0)
+    if prom_ok:
+        say("Prometheus is up; checking that the workers are scraped and the dashboards' queries answer")
+    metrics = check_metrics("small-cpu-model", ips, model) if prom_ok else (0, 0, 0)
     if processes.running(DEMO_DIR, "operator") is None:
         print(processes.log_tail(DEMO_DIR / "operator.log"), file=sys.stderr)
         say("the operator exited; its log is above")
@@ -308,8 +313,10 @@ The demo is running. Try:
   logs: operator {DEMO_DIR / 'operator.log'}; workers {cluster.layout.run / 'pods'}/*.log""")
     if prom_ok:
         workers, answering, total = metrics
+        ui = (" in its UI or" if shutil.which("prometheus") else "") + \
+            f" with curl 'http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/query?query=...'"
         print(f"""  Prometheus: http://127.0.0.1:{PROMETHEUS_PORT}  ({workers} worker pods scraped; {answering} of \
-{total} dashboard panel queries answer). Try in its UI or with curl .../api/v1/query?query=...:
+{total} dashboard panel queries answer). Query it{ui}:
     deployment:infleet_worker_request_latency_seconds:p99_5m    infleet_deployment_replicas    ALERTS
   rules: {DEMO_DIR / 'prometheus'}/*.yaml; Grafana dashboards to import: charts/infleet/dashboards/*.json""")
     print("Stop everything with: make demo-down\n")
