@@ -30,8 +30,13 @@ def main() -> int:
     with local_cluster(settings) as cluster:
         for name in args.scenarios:
             out_dir = args.out / name
-            with scenario_run(cluster, name, out_dir) as run:
-                row = summarize(SCENARIOS[name](run))
+            try:
+                with scenario_run(cluster, name, out_dir) as run:
+                    row = summarize(SCENARIOS[name](run))
+            except (AssertionError, TimeoutError, RuntimeError) as exc:
+                print(f"e2e: {name} failed: {exc} (operator log: {out_dir / 'operator.log'})", file=sys.stderr)
+                failed.append(name)
+                continue
             write(out_dir / "report.json", row, {"scenario": name, "cold_start_scale": args.cold_start_scale})
             print(json.dumps({k: row[k] for k in ("deployment", "requests", "served", "slo_attainment",
                                                   "p50_latency_s", "p99_latency_s", "p99_ttft_s", "lost",

@@ -76,7 +76,7 @@ class Operator:
                "--metrics-port", str(self.metrics_port),
                "--liveness", f"http://127.0.0.1:{self.health_port}/healthz", "--log-format", "text"]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        with log.open("ab") as fh:
+        with log.open("wb") as fh:  # one log per run
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
 
     def wait_live(self, timeout: float = 60) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ class Outcome:
     requests: RequestLog
     timeline: Timeline
     wall_s: float
+    extra: Mapping[str, Any] = field(default_factory=dict)  # scenario-specific measurements, e.g. promotion_s
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -69,6 +70,7 @@ def summarize(o: Outcome) -> dict[str, Any]:
         "simulated_s": o.wall_s,  # wall-clock seconds of the live run, under the simulator's key
         "lost": o.requests.lost(),
         "duplicated": o.requests.duplicated(),
+        **o.extra,
     }
 
 
