@@ -48,8 +48,8 @@ class RequestLog:
             stream = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, stream=True,
                                                user=key)
             for chunk in stream:
-                if a.ttft_s is None and chunk.choices and chunk.choices[0].text:
-                    a.ttft_s = time.monotonic() - t0
+                if a.ttft_s is None and chunk.choices:  # the first streamed chunk (its text may be a partial
+                    a.ttft_s = time.monotonic() - t0  # UTF-8 sequence, or empty when the first token ends it)
                 if chunk.usage is not None:
                     a.completion_tokens = chunk.usage.completion_tokens
             a.latency_s = time.monotonic() - t0
