@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 SHUTDOWN_GRACE_S = 10.0
 
 
@@ -61,6 +62,12 @@ def exit_code(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+def _set_process_name(name: bytes) -> None:
+    """What `ps -o comm`, `top` and /proc/<pid>/comm show (the command line stays the fork server's)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name[:15])
 
 
 def _die_with_parent() -> None:
@@ -90,6 +97,7 @@ def _run_child(req: Mapping[str, Any], close_fds: Sequence[int]) -> None:
     try:
         os.setsid()
         _die_with_parent()
+        _set_process_name(b"infleet-worker")
         for fd in close_fds:
             os.close(fd)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):

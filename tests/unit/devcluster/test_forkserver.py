@@ -69,6 +69,7 @@ def test_forked_worker_serves_and_drains_on_sigterm(launcher: ForkServerLauncher
     pid, base = _spawn(launcher, "a", tmp_path)
     r = httpx.post(f"{base}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 4}, timeout=30)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "infleet-worker"  # how ps/top name it
     os.kill(pid, signal.SIGTERM)
     ex = _wait_exit(launcher, "a")
     assert (ex.pid, ex.code) == (pid, 0)
