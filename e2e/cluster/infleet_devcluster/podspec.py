@@ -106,7 +106,6 @@ def _field_ref(pod: Pod, path: str, pod_ip: str) -> str:
         "metadata.name": meta.get("name", ""), "metadata.namespace": meta.get("namespace", ""),
         "metadata.uid": meta.get("uid", ""), "spec.nodeName": spec.get("nodeName", ""),
         "spec.serviceAccountName": spec.get("serviceAccountName", ""), "status.podIP": pod_ip,
-        "status.hostIP": pod_ip,
     }
     if path.startswith("metadata.labels['") or path.startswith("metadata.annotations['"):
         which, _, key = path.partition("['")
