@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= dev,worker,gateway,sim,cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools cluster-up cluster-down cluster-delete demo demo-down test test-unit test-cluster lint typecheck bench clean
+.PHONY: help venv tools cluster-up cluster-down cluster-delete demo demo-down test test-unit test-cluster e2e lint typecheck bench clean
 
 help:
 	@echo "make demo          local cluster + CRDs + example fleet + operator + example deployments"
@@ -16,6 +16,7 @@ help:
 	@echo "make cluster-up    start the local control plane with simulated accelerator pools"
 	@echo "make cluster-down  stop it (safe to repeat)"
 	@echo "make demo-down     stop the demo's operator and the cluster"
+	@echo "make e2e           closed-loop scenarios on a cluster of their own (real workers, real OpenAI requests)"
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version.split()[0]'
@@ -61,6 +62,12 @@ test-cluster: tools
 # (the session fixture brings the local control plane up and down).
 test: lint typecheck tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Closed-loop scenarios (e2e/closedloop): their own cluster (.cache/e2e-cluster, ports at offset + 30), so they
+# pass before or after `make demo` and `make test`; reports in .cache/e2e/<scenario>/report.json.
+E2E_ARGS ?=
+e2e: tools
+	PYTHONPATH=e2e$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m closedloop $(E2E_ARGS)
 
 bench: venv
 	@echo "see docs/benchmarks.md for each benchmark's exact command"

@@ -1,9 +1,12 @@
 """Shared fixtures: the real cluster for tests marked ``cluster``.
 
-By default the session brings up the local control plane (``infleet-cluster up``; reused if already
-running, and stopped at the end only if this session started it). To run the same tests against kind or
-another cluster, set ``INFLEET_TEST_KUBECONFIG`` to its kubeconfig. A plain ``KUBECONFIG`` is deliberately
-ignored: a shell pointed at production must never receive test objects by accident.
+By default the session brings up a local control plane of its own: state in ``.cache/test-cluster`` (never the
+demo's ``.cache/cluster``) and ports shifted by ``INFLEET_CLUSTER_PORT_OFFSET + 50`` (or exactly
+``INFLEET_TEST_PORT_OFFSET``), so whatever a user left in their local cluster (`make demo`) cannot change a test's
+outcome, and the tests leave nothing in theirs. Each session starts it from a clean slate and deletes it at the
+end (processes and state); with ``INFLEET_KEEP_CLUSTER=1`` it is kept, and reused by the next session. To run the
+same tests against kind or another cluster, set ``INFLEET_TEST_KUBECONFIG`` to its kubeconfig. A plain
+``KUBECONFIG`` is deliberately ignored: a shell pointed at production must never receive test objects by accident.
 """
 
 from __future__ import annotations
@@ -19,6 +22,15 @@ import pytest
 from infleet_devcluster.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_STATE_DIR = REPO / ".cache" / "test-cluster"
+TEST_OFFSET_SHIFT = 50  # the user's clusters use multiples of 100 by convention; the tests' sits in between
+
+
+def session_port_offset() -> int:
+    explicit = os.environ.get("INFLEET_TEST_PORT_OFFSET")
+    if explicit:
+        return int(explicit)
+    return int(os.environ.get("INFLEET_CLUSTER_PORT_OFFSET", "0")) + TEST_OFFSET_SHIFT
 
 
 @dataclass
@@ -47,18 +59,20 @@ class TestCluster:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[TestCluster]:
-    local = LocalCluster()
+    local = LocalCluster(TEST_STATE_DIR, port_offset=session_port_offset())
     external = os.environ.get("INFLEET_TEST_KUBECONFIG")
     if external:
         yield TestCluster(Path(external), local)
         return
-    started_here = not local.is_running()
+    keep = bool(os.environ.get("INFLEET_KEEP_CLUSTER"))
+    if not (keep and local.is_running()):
+        local.delete()  # a clean slate: nothing from an earlier (perhaps interrupted) session
     local.up()
     try:
         yield TestCluster(local.layout.kubeconfig, local)
     finally:
-        if started_here and not os.environ.get("INFLEET_KEEP_CLUSTER"):
-            local.down(quiet=True)
+        if not keep:
+            local.delete()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

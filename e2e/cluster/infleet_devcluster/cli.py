@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from infleet_devcluster.cluster import ClusterError, LocalCluster
+from infleet_devcluster.cluster import NODE_IP, ClusterError, LocalCluster, RunnerSettings
 from infleet_devcluster.config import load_versions
 from infleet_devcluster.nodepools import PoolFileError
+from infleet_devcluster.podrunner import DEFAULT_MAX_WORKERS
 from infleet_devcluster.processes import PortInUseError
 from infleet_devcluster.tools import BuildError, ensure_tools, tools_for
 
@@ -30,7 +33,45 @@ def _scale(values: Sequence[str]) -> dict[str, int]:
     return out
 
 
+def _runner_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-workers", type=int, default=int(os.environ.get("INFLEET_RUNNER_MAX_WORKERS",
+                                                                         DEFAULT_MAX_WORKERS)),
+                   help=f"most real worker processes at once (default {DEFAULT_MAX_WORKERS}; "
+                        "env INFLEET_RUNNER_MAX_WORKERS)")
+    p.add_argument("--cold-start-scale", type=float,
+                   default=float(os.environ.get("INFLEET_RUNNER_COLD_START_SCALE", "0")),
+                   help="emulate each pool's coldStartSeconds times this factor before a real pod's worker starts "
+                        "(default 0: none; env INFLEET_RUNNER_COLD_START_SCALE)")
+    p.add_argument("--no-fork-server", action="store_true",
+                   help="start each worker as its own process (each imports torch: ~5x the memory)")
+
+
+def _run_pods(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    from infleet_devcluster.kubeapi import KubeAPI
+    from infleet_devcluster.podrunner import PodRunner, RunnerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a readiness probe per pod per second is not news
+    pki = cluster.layout.pki
+    api = KubeAPI(cluster.server, pki / "ca.crt", pki / "pod-runner.crt", pki / "pod-runner.key")
+    config = RunnerConfig(run_dir=cluster.layout.run, network=cluster.network.running, host_ip=NODE_IP,
+                          max_workers=args.max_workers, cold_start_scale=args.cold_start_scale,
+                          fork_server=not args.no_fork_server)
+    PodRunner(api, config).run_forever()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["kubectl"]:  # every argument after `kubectl` is kubectl's, flags included (-n, -o, ...)
+        try:
+            cluster = LocalCluster()
+            os.execv(str(cluster.binary("kubectl")),
+                     ["kubectl", "--kubeconfig", str(cluster.layout.kubeconfig), *argv[1:]])
+        except (OSError, ValueError) as exc:
+            print(f"infleet-cluster: error: {exc}", file=sys.stderr)
+            return 1
+        return 0  # execv does not return
     parser = argparse.ArgumentParser(prog="infleet-cluster", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or reuse) the pinned binaries")
@@ -38,23 +79,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     up = sub.add_parser("up", help="start the control plane and create the simulated node pools")
     up.add_argument("--nodes", action="append", default=[], metavar="POOL=COUNT",
                     help="override a pool's node count (repeatable; thousands work for scale tests)")
+    _runner_flags(up)
+    rp = sub.add_parser("run-pods", help="run the pod runner in the foreground (`up` starts it in the background)")
+    rp.add_argument("--state-dir", type=Path, default=None, help="the cluster's state directory")
+    _runner_flags(rp)
     sub.add_parser("down", help="stop the processes `up` started (safe to repeat)")
     sub.add_parser("delete", help="stop and delete all state (certificates, etcd data)")
     sub.add_parser("status", help="show processes and readiness as JSON")
     sub.add_parser("fleet", help="list the simulated nodes with their accelerator labels")
     sub.add_parser("kubeconfig", help="print the kubeconfig path")
-    k = sub.add_parser("kubectl", help="run the pinned kubectl against the local cluster")
-    k.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("kubectl", help="run the pinned kubectl against the local cluster (all arguments pass through)")
     args = parser.parse_args(argv)
 
     try:
-        cluster = LocalCluster()
+        cluster = LocalCluster(getattr(args, "state_dir", None))
         if args.cmd == "build":
             paths = ensure_tools(cluster.versions, only=tuple(args.tools))
             for name, path in sorted(paths.items()):
                 print(f"{name}: {path}")
         elif args.cmd == "up":
-            cluster.up(scale=_scale(args.nodes))
+            cluster.up(scale=_scale(args.nodes), runner=RunnerSettings(
+                max_workers=args.max_workers, cold_start_scale=args.cold_start_scale,
+                fork_server=not args.no_fork_server))
             print(f"export KUBECONFIG={cluster.layout.kubeconfig}")
             print(cluster.kubectl("get", "nodes", *FLEET_COLUMNS).stdout, end="")
         elif args.cmd == "down":
@@ -68,9 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(cluster.kubectl("get", "nodes", *FLEET_COLUMNS).stdout, end="")
         elif args.cmd == "kubeconfig":
             print(cluster.layout.kubeconfig)
-        elif args.cmd == "kubectl":
-            os.execv(str(cluster.binary("kubectl")),
-                     ["kubectl", "--kubeconfig", str(cluster.layout.kubeconfig), *args.args])
+        elif args.cmd == "run-pods":
+            return _run_pods(cluster, args)
     except (BuildError, ClusterError, PortInUseError, PoolFileError, argparse.ArgumentTypeError, ValueError) as exc:
         print(f"infleet-cluster: error: {exc}", file=sys.stderr)
         return 1

@@ -23,14 +23,20 @@ import yaml
 
 from infleet_devcluster import nodepools, pki, processes
 from infleet_devcluster.config import PACKAGE_DIR, Versions, cache_dir, load_versions
+from infleet_devcluster.podnet import PodNetwork
+from infleet_devcluster.podrunner import DEFAULT_MAX_WORKERS
 from infleet_devcluster.tools import binary_path, ensure_tools
 
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+POD_RUNNER = "pod-runner"
+COMPONENTS = (*CONTROL_PLANE, POD_RUNNER)  # stopped in reverse: the runner (and its workers) first
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 KWOK_STAGES = PACKAGE_DIR.parent / "kwok-stages.yaml"
-POD_CIDR = "127.100.0.0/16"
+RUN_PODS_POLICY = PACKAGE_DIR.parent / "run-pods-policy.yaml"
+RUNNER_CHECK_NAMESPACE = "infleet-pod-runner"  # labelled run-pods: `up` checks the admission policy there
 NODE_IP = "127.0.0.2"
+BASE_APISERVER_PORT = 16443
 
 
 class ClusterError(RuntimeError):
@@ -60,11 +66,37 @@ class Ports:
     @classmethod
     def from_env(cls) -> Ports:
         """Fixed defaults, shifted by INFLEET_CLUSTER_PORT_OFFSET so two clusters can coexist."""
-        off = int(os.environ.get("INFLEET_CLUSTER_PORT_OFFSET", "0"))
-        return cls(12379 + off, 12380 + off, 16443 + off, 20257 + off, 20259 + off, 20247 + off)
+        return cls.for_offset(int(os.environ.get("INFLEET_CLUSTER_PORT_OFFSET", "0")))
+
+    @classmethod
+    def for_offset(cls, off: int) -> Ports:
+        return cls(12379 + off, 12380 + off, BASE_APISERVER_PORT + off, 20257 + off, 20259 + off, 20247 + off)
 
     def all(self) -> list[int]:
         return [self.etcd_client, self.etcd_peer, self.apiserver, self.controller_manager, self.scheduler, self.kwok]
+
+    @property
+    def offset(self) -> int:
+        return self.apiserver - BASE_APISERVER_PORT
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunnerSettings:
+    """How `up` starts the pod runner (a change restarts it)."""
+
+    max_workers: int = DEFAULT_MAX_WORKERS
+    cold_start_scale: float = 0.0
+    fork_server: bool = True
+
+    def __post_init__(self) -> None:  # checked before anything starts
+        if self.max_workers < 1:
+            raise ValueError(f"--max-workers must be >= 1, got {self.max_workers}")
+        if self.cold_start_scale < 0:
+            raise ValueError(f"--cold-start-scale must be >= 0, got {self.cold_start_scale}")
+
+    def args(self) -> list[str]:
+        out = ["--max-workers", str(self.max_workers), "--cold-start-scale", f"{self.cold_start_scale:g}"]
+        return out if self.fork_server else [*out, "--no-fork-server"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +125,10 @@ class Layout:
     @property
     def ports_file(self) -> Path:
         return self.root / "ports.json"
+
+    @property
+    def runner_args_file(self) -> Path:
+        return self.run / "pod-runner.args.json"
 
 
 def _say(msg: str) -> None:
@@ -129,11 +165,16 @@ class LocalCluster:
     """One local control plane rooted at a state directory."""
 
     def __init__(self, state_dir: Path | None = None, versions: Versions | None = None,
-                 pools_file: Path = nodepools.DEFAULT_POOLS_FILE) -> None:
+                 pools_file: Path = nodepools.DEFAULT_POOLS_FILE, port_offset: int | None = None) -> None:
+        """``port_offset`` None: INFLEET_CLUSTER_PORT_OFFSET (default 0). A running cluster keeps its saved ports."""
         self.layout = Layout(state_dir or default_state_dir())
         self.versions = versions or load_versions()
         self.pools_file = pools_file
-        self.ports = self._saved_ports() or Ports.from_env()
+        self.port_offset = port_offset
+        self.ports = self._saved_ports() or self._wanted_ports()
+
+    def _wanted_ports(self) -> Ports:
+        return Ports.from_env() if self.port_offset is None else Ports.for_offset(self.port_offset)
 
     # -- paths and clients -------------------------------------------------------------------------
     def _saved_ports(self) -> Ports | None:
@@ -175,11 +216,17 @@ class LocalCluster:
         except (httpx.HTTPError, OSError):
             return False
 
+    @property
+    def network(self) -> PodNetwork:
+        return PodNetwork.for_offset(self.ports.offset)
+
     def is_running(self) -> bool:
-        return all(processes.running(self.layout.run, n) is not None for n in COMPONENTS) and self.apiserver_ready()
+        """The control plane is up (the pod runner is checked, and restarted if needed, by `up`)."""
+        return all(processes.running(self.layout.run, n) is not None for n in CONTROL_PLANE) and self.apiserver_ready()
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def up(self, scale: Mapping[str, int] | None = None, progress: Callable[[str], None] = _say) -> None:
+    def up(self, scale: Mapping[str, int] | None = None, progress: Callable[[str], None] = _say,
+           runner: RunnerSettings | None = None) -> None:
         """Start whatever is not running, then make the simulated nodes match the pools file."""
         t0 = time.monotonic()
         pools = nodepools.load_pools(self.pools_file, scale)  # validate input before starting anything
@@ -188,7 +235,7 @@ class LocalCluster:
             progress(f"cluster already running at {self.server}; reconciling nodes")
         else:
             self.down(quiet=True)  # a half-started cluster from a crash: clean its processes first
-            self.ports = Ports.from_env()
+            self.ports = self._wanted_ports()
             for port in self.ports.all():
                 processes.check_port_free(port)
             self.layout.root.mkdir(parents=True, exist_ok=True)
@@ -199,6 +246,7 @@ class LocalCluster:
             self._start_controllers(progress)
         self.apply_nodes(pools, progress)
         self._wait_default_service_account()
+        self._start_pod_runner(runner or RunnerSettings(), progress)
         progress(f"cluster ready in {time.monotonic() - t0:.0f}s; kubeconfig: {self.layout.kubeconfig}")
 
     def down(self, quiet: bool = False) -> list[str]:
@@ -225,6 +273,7 @@ class LocalCluster:
         pki.issue(ca, d, "controller-manager", "system:kube-controller-manager")
         pki.issue(ca, d, "scheduler", "system:kube-scheduler")
         pki.issue(ca, d, "kwok", "kwok-controller", org="system:masters")
+        pki.issue(ca, d, "pod-runner", "infleet-pod-runner", org="system:masters")
         ca_crt = d / "ca.crt"
         self.layout.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         self.layout.kubeconfig.write_text(_kubeconfig(self.server, ca_crt, d / "admin.crt", d / "admin.key",
@@ -319,7 +368,7 @@ class LocalCluster:
             # Simulated pod and node addresses live in the loopback range: anything that dials them (the
             # operator scraping worker metrics, a test) stays on this machine and is refused at once,
             # instead of sending traffic to a private network that is not ours.
-            f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}",
+            f"--cidr={self.network.simulated}", f"--node-ip={NODE_IP}",
             f"--server-address=127.0.0.1:{p.kwok}",
             f"--config={KWOK_STAGES}",
             "--node-lease-duration-seconds=40",  # leases keep nodes Ready without status heartbeats
@@ -329,6 +378,45 @@ class LocalCluster:
             if processes.running(self.layout.run, started.name) is None:
                 raise ClusterError(f"{started.name} exited at start; log {started.log}:\n"
                                    f"{processes.log_tail(started.log)}")
+
+    def _start_pod_runner(self, settings: RunnerSettings, progress: Callable[[str], None]) -> None:
+        """The admission policy that opts namespaces in, then the runner process (restarted if its settings changed)."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RUN_PODS_POLICY))
+        self.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": RUNNER_CHECK_NAMESPACE, "labels": {"infleet.dev/run-pods": "true"}}}))
+        want = json.dumps(settings.args())
+        running = processes.running(self.layout.run, POD_RUNNER) is not None
+        try:
+            have = self.layout.runner_args_file.read_text()
+        except OSError:
+            have = ""
+        if running and have != want:
+            progress("pod runner settings changed: restarting it")
+            processes.stop(self.layout.run, POD_RUNNER, timeout=20)
+            running = False
+        if not running:
+            progress(f"starting the pod runner (real workers for pods in namespaces labelled infleet.dev/run-pods=true,"
+                     f" addresses {self.network.running}); log {self.layout.run / 'pod-runner.log'}")
+            script = Path(sys.executable).parent / "infleet-cluster"
+            argv = [str(script)] if script.exists() else [sys.executable, "-m", "infleet_devcluster.cli"]
+            (self.layout.run / "pod-runner-workers.json").unlink(missing_ok=True)  # the runner writes it when ready
+            self._start(POD_RUNNER, [*argv, "run-pods", "--state-dir", str(self.layout.root), *settings.args()])
+            self.layout.runner_args_file.write_text(want)
+        _wait("the run-pods admission policy", self._run_pods_policy_active, 60,
+              self.layout.run / "kube-apiserver.log")
+        _wait("the pod runner", (self.layout.run / "pod-runner-workers.json").exists, 120,
+              self.layout.run / f"{POD_RUNNER}.log", self._alive(POD_RUNNER))
+
+    def _run_pods_policy_active(self) -> bool:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "policy-check"},
+               "spec": {"containers": [{"name": "c", "image": "example.invalid/none:1"}]}}
+        res = self.kubectl("create", "--dry-run=server", "-n", RUNNER_CHECK_NAMESPACE, "-o", "json", "-f", "-",
+                           input=json.dumps(pod), check=False)
+        if res.returncode != 0:
+            return False
+        labels = json.loads(res.stdout)["metadata"].get("labels") or {}
+        return bool(labels.get("infleet.dev/run-pods") == "true")
 
     def apply_nodes(self, pools: list[nodepools.NodePool], progress: Callable[[str], None] = _say,
                     timeout: float = 300) -> None:
@@ -377,5 +465,6 @@ class LocalCluster:
         procs = {n: processes.running(self.layout.run, n) for n in COMPONENTS}
         return {
             "server": self.server, "kubeconfig": str(self.layout.kubeconfig), "processes": procs,
-            "apiserver_ready": self.apiserver_ready(),
+            "apiserver_ready": self.apiserver_ready(), "simulated_pod_cidr": str(self.network.simulated),
+            "running_pod_cidr": str(self.network.running),
         }

@@ -27,6 +27,7 @@ class Versions:
     helm: str
     kind: str
     go_min: str
+    prometheus: str = ""  # optional tool: only `make demo` builds it, when no prometheus is installed
 
 
 def load_versions(path: Path = VERSIONS_FILE) -> Versions:
@@ -47,6 +48,7 @@ def load_versions(path: Path = VERSIONS_FILE) -> Versions:
         "helm": "HELM_VERSION",
         "kind": "KIND_VERSION",
         "go_min": "GO_MIN_VERSION",
+        "prometheus": "PROMETHEUS_VERSION",
     }
     missing = [k for k in want.values() if k not in values]
     if missing:

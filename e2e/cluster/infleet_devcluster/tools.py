@@ -36,6 +36,7 @@ class Tool:
     binaries: dict[str, str]  # binary name -> main package path
     ldflags: tuple[str, ...] = ()
     replaces: Callable[[Path], dict[str, str]] | None = field(default=None, compare=False)
+    optional: bool = False  # built only when named (`infleet-cluster build NAME`), never by a plain `build`
 
 
 def _k8s_ldflags(version: str) -> tuple[str, ...]:
@@ -83,6 +84,10 @@ def tools_for(v: Versions) -> list[Tool]:
             _k8s_ldflags(v.kubernetes),
             k8s_replaces,
         ),
+        Tool("prometheus", "github.com/prometheus/prometheus", v.prometheus,
+             {"prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
+              "promtool": "github.com/prometheus/prometheus/cmd/promtool"},
+             (f"-X github.com/prometheus/common/version.Version={v.prometheus}",), optional=True),
     ]
 
 
@@ -211,7 +216,7 @@ def ensure_tools(
     """Build what is missing and return binary name -> path for every pinned binary."""
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     paths: dict[str, Path] = {}
-    pending = [t for t in tools_for(v) if not only or t.name in only]
+    pending = [t for t in tools_for(v) if t.name in only or (not only and not t.optional)]
     if any(not binary_path(b, t.version).exists() for t in pending for b in t.binaries):
         check_go(v.go_min)
     for tool in pending:

@@ -29,7 +29,7 @@ def ns(cluster: TestCluster) -> Iterator[str]:
         assert time.monotonic() < deadline, "default ServiceAccount never appeared"
         time.sleep(0.5)
     yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
+    cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
 
 
 def _get(cluster: TestCluster, *args: str) -> dict[str, Any]:

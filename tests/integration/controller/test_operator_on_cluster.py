@@ -100,13 +100,17 @@ def remove_models_pv(cluster: Any, ns: str) -> None:
 
 @contextlib.contextmanager
 def operator_in_namespace(
-    cluster: Any, prefix: str, log_dir: Path, *operator_args: str, models: bool = True
+    cluster: Any, prefix: str, log_dir: Path, *operator_args: str, models: bool = True, run_pods: bool = False
 ) -> Iterator[tuple[Any, str, OperatorProcess]]:
     """CRDs and example pools installed, a fresh namespace (with the `models` claim unless told otherwise) and a
-    real standalone `infleet run` watching it; everything the helper made is removed on exit."""
+    real standalone `infleet run` watching it; everything the helper made is removed on exit. ``run_pods``
+    labels the namespace infleet.dev/run-pods=true: the local cluster's pod runner then starts a real worker
+    behind each of its pods (docs/architecture.md)."""
     install(cluster)
     ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
+    if run_pods:
+        cluster.kubectl("label", "namespace", ns, "infleet.dev/run-pods=true")
     if models:
         provide_models_pvc(cluster, ns)
     op = OperatorProcess(cluster.kubeconfig, ns, log_dir / "operator.log", "--standalone", *operator_args).start()
@@ -114,9 +118,11 @@ def operator_in_namespace(
         op.wait_live()
         yield cluster, ns, op
     finally:
+        # Wait until the namespace is gone, with the operator still running: a session that ends (and stops the
+        # cluster) mid-deletion would otherwise leave the namespace Terminating in the cluster's state.
+        cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s", check=False)
         op.stop()
         print(op.log_tail(3000))
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         if models:
             remove_models_pv(cluster, ns)
 

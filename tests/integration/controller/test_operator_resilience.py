@@ -35,7 +35,7 @@ def namespace(cluster: Any) -> Iterator[str]:
     try:
         yield ns
     finally:
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s", check=False)
         remove_models_pv(cluster, ns)
 
 

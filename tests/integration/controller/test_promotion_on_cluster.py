@@ -1,11 +1,11 @@
 """Warm-pod promotion on the real local control plane.
 
-kwok runs no container, so no worker answers `POST /admin/state` at a pod IP: the operator runs with
-`--promotion-client=assume-ok` (documented as for simulated clusters only), and everything after the worker's
-answer is real: the relabel, the warm ReplicaSet replacing the released pod, the serving Deployment scaled to
-`desired - promoted`, promoted pods removed first on scale-down, and garbage collection through the owner
-reference. A second operator with the default HTTP client shows the refusal path: nothing is promoted, a cold
-serving pod starts instead.
+The namespace is opted into real pods (infleet.dev/run-pods=true): the local pod runner starts a real worker
+behind every pod, so the operator's default HTTP client really tells the warm worker to serve
+(`POST /admin/state`), and everything after is real too: the relabel, the warm ReplicaSet replacing the released
+pod, the serving Deployment scaled to `desired - promoted`, promoted pods removed first on scale-down, and garbage
+collection through the owner reference. A second operator in a simulated namespace (nothing answers at its pod
+IPs) shows the refusal path: nothing is promoted, a cold serving pod starts instead.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.controller.operator_process import OperatorProcess
@@ -55,8 +56,8 @@ def manifest(replicas: int, name: str = NAME) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str, OperatorProcess]]:
-    with operator_in_namespace(cluster, "promo-it", tmp_path_factory.mktemp("operator"), "--promotion-client=assume-ok",
-                               models=False) as running:
+    with operator_in_namespace(cluster, "promo-it", tmp_path_factory.mktemp("operator"), models=False,
+                               run_pods=True) as running:
         yield running
 
 
@@ -98,6 +99,9 @@ def test_scale_up_promotes_a_warm_pod_and_the_warm_pool_replenishes(env: tuple[A
     assert [(r["kind"], r["uid"], r.get("controller")) for r in refs] == [("InferenceDeployment", infd_uid, True)]
     selector = get(cluster, "service", "-n", ns, NAME)["spec"]["selector"]
     assert all(pod["metadata"]["labels"].get(k) == v for k, v in selector.items()), "the Service misses it"
+    # The worker behind the pod took the promotion itself (the runner plays the pod with a real worker).
+    state = httpx.get(f"http://{pod['status']['podIP']}:8000/admin/state", timeout=5).json()["state"]
+    assert state == "serving"
 
     def replacement() -> dict[str, Any] | None:
         warm = [p for p in pods_of(cluster, ns, NAME) if role(p) == "warm" and ready(p)]
@@ -150,7 +154,7 @@ def test_deleting_the_deployment_removes_promoted_pods(env: tuple[Any, str, Oper
 def test_a_worker_that_refuses_keeps_its_pod_warm_and_a_cold_pod_starts(
     cluster: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """The default HTTP client on kwok: the pod IP (127.100.x.x) refuses the connection -> a cold start."""
+    """The default HTTP client on a simulated pod: nothing listens at its (loopback) IP -> a cold start."""
     with operator_in_namespace(cluster, "promo-http", tmp_path_factory.mktemp("operator"), models=False) as (_, ns, op):
         apply_infd(cluster, ns, manifest(1))
         wait_for("placed", lambda: placed_and_ready(cluster, ns, NAME), timeout=120)

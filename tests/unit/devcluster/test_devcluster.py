@@ -19,9 +19,10 @@ from infleet_devcluster.tools import BuildError, Tool, _go_binary_name, build_to
 
 def test_versions_file_pins_every_tool() -> None:
     v = load_versions()
-    assert all(x.startswith("v") for x in (v.kubernetes, v.etcd, v.kwok, v.helm, v.kind))
+    assert all(x.startswith("v") for x in (v.kubernetes, v.etcd, v.kwok, v.helm, v.kind, v.prometheus))
     names = {t.name for t in tools_for(v)}
-    assert names == {"etcd", "kwok", "helm", "kind", "kubernetes"}
+    assert names == {"etcd", "kwok", "helm", "kind", "kubernetes", "prometheus"}
+    assert {t.name for t in tools_for(v) if t.optional} == {"prometheus"}  # `make test` never builds it
 
 
 def test_versions_file_missing_key_is_a_clear_error(tmp_path: Path) -> None:

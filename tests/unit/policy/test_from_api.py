@@ -12,7 +12,8 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def load() -> tuple[list[AcceleratorPool], dict[str, InferenceDeployment]]:
-    ms = [m for f in sorted(EXAMPLES.glob("*.yaml")) for m in load_manifests(f)]
+    files = [f for f in sorted(EXAMPLES.glob("*.yaml")) if "apiVersion: infleet.io/" in f.read_text()]
+    ms = [m for f in files for m in load_manifests(f)]
     pools = [m for m in ms if isinstance(m, AcceleratorPool)]
     deps = {m.metadata.name or "": m for m in ms if isinstance(m, InferenceDeployment)}
     return pools, deps

@@ -1,0 +1,54 @@
+"""`make e2e` = `python -m closedloop [SCENARIO ...]` (with e2e/ on PYTHONPATH): run closed-loop scenarios on the
+e2e cluster and write ``<out>/<scenario>/report.json``; exit 1 if any request was lost or duplicated, or none served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from closedloop.harness import REPO, Settings, local_cluster, scenario_run
+from closedloop.report import summarize, write
+from closedloop.scenarios import SCENARIOS
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="closedloop", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), help=f"any of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--out", type=Path, default=REPO / ".cache" / "e2e", help="where report.json files go")
+    parser.add_argument("--cold-start-scale", type=float, default=0.02,
+                        help="each pool's coldStartSeconds is emulated times this (default 0.02: 90 s -> 1.8 s)")
+    parser.add_argument("--keep-cluster", action="store_true", help="leave the e2e cluster running afterwards")
+    args = parser.parse_args()
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; known: {sorted(SCENARIOS)}")
+    settings = Settings(out_dir=args.out, cold_start_scale=args.cold_start_scale, keep_cluster=args.keep_cluster)
+    failed = []
+    with local_cluster(settings) as cluster:
+        for name in args.scenarios:
+            out_dir = args.out / name
+            try:
+                with scenario_run(cluster, name, out_dir) as run:
+                    row = summarize(SCENARIOS[name](run))
+            except (AssertionError, TimeoutError, RuntimeError) as exc:
+                print(f"e2e: {name} failed: {exc} (operator log: {out_dir / 'operator.log'})", file=sys.stderr)
+                failed.append(name)
+                continue
+            write(out_dir / "report.json", row, {"scenario": name, "cold_start_scale": args.cold_start_scale})
+            print(json.dumps({k: row[k] for k in ("deployment", "requests", "served", "slo_attainment",
+                                                  "p50_latency_s", "p99_latency_s", "p99_ttft_s", "lost",
+                                                  "duplicated", "scale_events")}))
+            if row["lost"] or row["duplicated"] or not row["served"]:
+                failed.append(name)
+    if failed:
+        print(f"e2e: failed: {', '.join(failed)} (reports in {args.out})", file=sys.stderr)
+        return 1
+    print(f"e2e: all passed; reports in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
