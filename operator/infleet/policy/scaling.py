@@ -133,8 +133,23 @@ def scale_step(
             spare_since = None
     else:
         spare_since = None
+    target = _within_bounds(target, request, offers, want)
     new_state = FleetScalingState(autoscaler=decision.state, calibration=factor, spare_since_s=spare_since)
     return FleetScalingStep(replicas=target, decision=decision, state=new_state, calibration=factor)
+
+
+def _within_bounds(
+    target: dict[str, int], request: PlacementRequest, offers: tuple[PoolOffer, ...], want: float
+) -> dict[str, int]:
+    """A target the replica bounds allow: an edited minReplicas/maxReplicas applies even when the load holds."""
+    total = sum(target.values())
+    if total < request.min_replicas:
+        grown = place(dataclasses.replace(request, demand_rps=want, offers=offers)).replicas
+        return {p: max(n, target.get(p, 0)) for p, n in grown.items()} if sum(grown.values()) else target
+    if request.max_replicas is not None and total > request.max_replicas:
+        capped = tuple(dataclasses.replace(o, max_replicas=target.get(o.pool, 0)) for o in offers)
+        return dict(place(dataclasses.replace(request, demand_rps=want, offers=capped)).replicas)
+    return target
 
 
 def _queue_pressure(config: FleetScalingConfig, want: float, have: float, queue: int, replicas: int) -> float:

@@ -241,3 +241,18 @@ def _power(typical: float) -> Any:
     from infleet.api import PowerSpec
 
     return PowerSpec(typical_watts_per_device=typical)
+
+
+def test_edited_replica_bounds_apply_while_the_load_holds() -> None:
+    infd = make_infd(scaling={"minReplicas": 1, "maxReplicas": 10})
+    load = LoadObservation(time_s=T0, arrival_rate_rps=1.0)
+    plan, state = decide(obs(infd, replicas=running("l4-spot", 1), load=load), LoopState())
+    assert sum(plan.serving.values()) == 1
+    raised = make_infd(scaling={"minReplicas": 2, "maxReplicas": 10})
+    load = LoadObservation(time_s=T0 + 10, arrival_rate_rps=1.0)
+    plan, state = decide(obs(raised, now=T0 + 10, replicas=running("l4-spot", 1), load=load), state)
+    assert sum(plan.serving.values()) == 2
+    lowered = make_infd(scaling={"minReplicas": 1, "maxReplicas": 2})
+    load = LoadObservation(time_s=T0 + 20, arrival_rate_rps=1.0)
+    plan, _ = decide(obs(lowered, now=T0 + 20, replicas=running("l4-spot", 4), load=load), state)
+    assert sum(plan.serving.values()) <= 2
