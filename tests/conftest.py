@@ -18,10 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from infleet_devcluster.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
+
+# In CI property tests draw the same examples every run: a failure there is a regression, not a new random draw
+# (locally they stay random and keep looking for counterexamples).
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 TEST_STATE_DIR = REPO / ".cache" / "test-cluster"
 TEST_OFFSET_SHIFT = 50  # the user's clusters use multiples of 100 by convention; the tests' sits in between
 

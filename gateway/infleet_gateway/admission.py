@@ -50,6 +50,10 @@ class QueueFullError(Exception):
     pass
 
 
+class ShuttingDownError(Exception):
+    """The gateway is stopping: queued requests are answered at once so clients retry on another replica."""
+
+
 class QueueTimeoutError(Exception):
     def __init__(self, waited_s: float, cold: bool) -> None:
         super().__init__(f"waited {waited_s:.1f}s")
@@ -79,7 +83,18 @@ class Admission:
                  routing: RoutingConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.table, self.metrics, self.config, self.routing, self.clock = table, metrics, config, routing, clock
         self.queues: dict[tuple[str, str], collections.deque[_Waiter]] = {}
+        self.closing = False
         table.listeners.append(self.pump)
+
+    def close(self) -> None:
+        """Refuse new requests and release every queued one with ShuttingDownError (in-flight ones go on)."""
+        self.closing = True
+        for key, queue in self.queues.items():
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_exception(ShuttingDownError("the gateway is shutting down"))
+            self._set_depth(key)
 
     def queue_depth(self, key: tuple[str, str]) -> int:
         return len(self.queues.get(key, ()))
@@ -87,6 +102,8 @@ class Admission:
     async def acquire(self, dep: Deployment, *, prefix_key: str | None = None,
                       exclude: frozenset[str] = frozenset()) -> Slot:
         """A slot on a routable replica, waiting in the deployment's queue if needed."""
+        if self.closing:
+            raise ShuttingDownError("the gateway is shutting down")
         key = dep.key
         queue = self.queues.setdefault(key, collections.deque())
         now = self.clock()

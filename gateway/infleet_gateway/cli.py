@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--connect-timeout", type=float, default=float(_env("CONNECT_TIMEOUT", "2")))
     r.add_argument("--idle-timeout", type=float, default=float(_env("IDLE_TIMEOUT", "120")),
                    help="the longest silence from a replica mid-answer")
+    p.add_argument("--shutdown-grace", type=float, default=float(_env("SHUTDOWN_GRACE", "30")),
+                   help="on SIGTERM: queued requests get 503 at once (clients retry elsewhere); in-flight ones "
+                        "get this many seconds to finish")
     p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default=_env("EVENT_LOOP", "auto"),
                    help="auto: uvloop when installed (about half the per-request overhead), else asyncio's")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
@@ -110,7 +113,8 @@ async def serve(args: argparse.Namespace, gateway: Gateway, kube: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(gateway.app(), handle_signals=False, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(gateway.app(), handle_signals=False, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=args.shutdown_grace)
     await runner.setup()
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -132,7 +136,8 @@ async def serve(args: argparse.Namespace, gateway: Gateway, kube: bool) -> int:
         log.info("listening on %s:%d (%s discovery); models: %s", args.host, args.port,
                  "kube" if kube else "static", ", ".join(gateway.table.models()) or "none yet")
         await stop.wait()
-        log.info("stopping")
+        log.info("stopping: queued requests get 503, in-flight ones up to %.0fs", args.shutdown_grace)
+        gateway.admission.close()
     finally:
         for t in tasks:
             t.cancel()

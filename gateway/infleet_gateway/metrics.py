@@ -14,7 +14,7 @@ from prometheus_client.metrics import MetricWrapperBase
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 M = TypeVar("M", bound=MetricWrapperBase)
-REJECT_REASONS = ("queue_full", "queue_timeout", "upstream_error")
+REJECT_REASONS = ("queue_full", "queue_timeout", "upstream_error", "shutting_down")
 ROUTE_REASONS = ("least_load", "affinity", "affinity_spill")
 
 

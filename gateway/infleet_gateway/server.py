@@ -15,7 +15,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infleet.policy.routing import RoutingConfig
-from infleet_gateway.admission import Admission, AdmissionConfig, QueueFullError, QueueTimeoutError
+from infleet_gateway.admission import (
+    Admission,
+    AdmissionConfig,
+    QueueFullError,
+    QueueTimeoutError,
+    ShuttingDownError,
+)
 from infleet_gateway.errors import error_response
 from infleet_gateway.forward import ClientGoneError, Relayed, Retryable, forward
 from infleet_gateway.metrics import GatewayMetrics
@@ -116,7 +122,8 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"ready": self.synced}, status=200 if self.synced else 503)
+        ready = self.synced and not self.admission.closing
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def prometheus(self, _request: web.Request) -> web.Response:
         now = self.clock()
@@ -172,6 +179,10 @@ class Gateway:
                 why = "no replica of it is ready yet" if exc.cold else "no replica had room"
                 return self._reject(dep.key, "queue_timeout", f"`{model}`: {why} within {exc.waited_s:.1f}s",
                                     self.admission.retry_after_s(dep))
+            except ShuttingDownError:
+                self.metrics.rejected.labels(ns, name, "shutting_down").inc()
+                return error_response(503, "this gateway replica is shutting down; retry", "unavailable",
+                                      "shutting_down", retry_after_s=1)
             if attempt == 0:
                 m = self.metrics
                 m.child(m.queue_wait, ns, name).observe(slot.queued_s)

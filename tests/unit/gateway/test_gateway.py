@@ -274,3 +274,25 @@ def test_warm_and_draining_workers_take_no_traffic() -> None:
         await serving.stop()
 
     run(main)
+
+
+def test_shutting_down_answers_queued_and_new_requests_with_503_at_once() -> None:
+    async def main() -> None:
+        async with running_gateway(table_with([])) as (base, gw), aiohttp.ClientSession() as s:
+            held = [asyncio.create_task(post(s, base + "/v1/completions", {"model": "m", "prompt": str(i)}))
+                    for i in range(3)]
+            while gw.admission.queue_depth(("ns", "dep")) < 3:
+                await asyncio.sleep(0.01)
+            gw.admission.close()
+            for status, body, headers in await asyncio.gather(*held):
+                assert status == 503
+                assert body["error"]["code"] == "shutting_down"
+                assert headers["Retry-After"] == "1"
+            status, body, _ = await post(s, base + "/v1/completions", {"model": "m", "prompt": "late"})
+            assert (status, body["error"]["code"]) == (503, "shutting_down")
+            async with s.get(base + "/readyz") as r:
+                assert r.status == 503
+            assert gw.metrics.rejected.labels("ns", "dep", "shutting_down")._value.get() == 4
+            assert gw.metrics.queue_depth.labels("ns", "dep")._value.get() == 0
+
+    run(main)
