@@ -21,7 +21,9 @@ from infleet.policy import place_fleet
 from infleet.policy.from_api import placement_request
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-manifests = [m for f in sorted(EXAMPLES.glob("*.yaml")) for m in load_manifests(f)]
+manifests = [
+    m for f in sorted(EXAMPLES.glob("*.yaml")) if "apiVersion: infleet.io/" in f.read_text() for m in load_manifests(f)
+]
 pools = [m for m in manifests if isinstance(m, AcceleratorPool)]
 deployments = [m for m in manifests if isinstance(m, InferenceDeployment)]
 shared = {p.metadata.name or "": 64 for p in pools}

@@ -25,7 +25,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def load() -> tuple[list[AcceleratorPool], list[InferenceDeployment]]:
-    manifests = [m for f in sorted(EXAMPLES.glob("*.yaml")) for m in load_manifests(f)]
+    manifests = [
+        m
+        for f in sorted(EXAMPLES.glob("*.yaml"))
+        if "apiVersion: infleet.io/" in f.read_text()
+        for m in load_manifests(f)
+    ]
     pools = [m for m in manifests if isinstance(m, AcceleratorPool)]
     return pools, [m for m in manifests if isinstance(m, InferenceDeployment)]
 

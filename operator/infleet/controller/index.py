@@ -73,6 +73,15 @@ def trim_node(node: Obj) -> Obj:
     }
 
 
+def _selector(pool: Obj) -> Mapping[str, str]:
+    return ((pool.get("spec") or {}).get("nodeSelector")) or {}
+
+
+def _matches(selector: Mapping[str, str], node: Obj) -> bool:
+    labels = node["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
 def trim_workload(obj: Obj) -> Obj:
     meta = obj.get("metadata") or {}
     return {
@@ -124,6 +133,7 @@ class ClusterIndex:
     own_pods: dict[Key, dict[Key, Obj]] = field(default_factory=dict)  # deployment -> its pods
     own_workloads: dict[Key, dict[Key, Obj]] = field(default_factory=dict)
     node_requests: dict[str, dict[str, float]] = field(default_factory=dict)  # bound active pods, summed per node
+    pool_nodes: dict[str, set[str]] = field(default_factory=dict)  # AcceleratorPool -> nodes its selector matches
     node_pods: dict[str, int] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -142,9 +152,13 @@ class ClusterIndex:
                 before = self.pools.get(name)
                 if deleted:
                     self.pools.pop(name, None)
+                    self.pool_nodes.pop(name, None)
                 else:
                     self.pools[name] = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
                 changed = deleted or before is None or before.get("spec") != body.get("spec")
+                if changed and not deleted:
+                    selector = _selector(self.pools[name])
+                    self.pool_nodes[name] = {n for n, node in self.nodes.items() if _matches(selector, node)}
                 return set(self.deployments) if changed else set()
             if kind == "InferenceDeployment":
                 return self._deployment(body, deleted)
@@ -196,8 +210,16 @@ class ClusterIndex:
         before = self.nodes.get(name)
         if deleted:
             self.nodes.pop(name, None)
+            for members in self.pool_nodes.values():
+                members.discard(name)
         else:
             self.nodes[name] = trim_node(body)
+            for pool_name, pool in self.pools.items():
+                members = self.pool_nodes.setdefault(pool_name, set())
+                if _matches(_selector(pool), self.nodes[name]):
+                    members.add(name)
+                else:
+                    members.discard(name)
         if before is not None and not deleted and before == self.nodes[name]:
             return set()
         # Capacity changed: deployments that wait for room (pending pods) may now fit, or lose a node.
@@ -255,6 +277,8 @@ class ClusterIndex:
                 pods=infleet_pods,
                 node_requests={n: dict(r) for n, r in self.node_requests.items()},
                 node_pod_counts=dict(self.node_pods),
+                pool_nodes={p: frozenset(m) for p, m in self.pool_nodes.items()},
+                nodes_by_name=dict(self.nodes),
             )
 
     def pods_of(self, key: Key) -> list[Obj]:

@@ -156,8 +156,7 @@ def observe(
     pools, _ = parse_pools(view.pools)
     chosen, _ = candidate_pools(infd, pools)
     views = {n: PoolView(pool=p, free_devices=0, room_replicas=0) for n, p in pools.items()}
-    selectors = [p.spec.node_selector for p in chosen]
-    nodes = [n for n in view.nodes if any(selects(sel, n["metadata"].get("labels") or {}) for sel in selectors)]
+    nodes = candidate_nodes(view, chosen)
     usage = node_usage(
         nodes, view.pods, selector_labels(name), namespace, totals=view.node_requests, counts=view.node_pod_counts
     )
@@ -170,7 +169,10 @@ def observe(
         choice = choose(pool, infd)  # devices per replica only (capacity is the loop's business)
         runtime = pool_runtime(pool, choice.devices_per_replica)
         elsewhere = sum(v for k, v in infleet_use.get(runtime.name, {}).items() if k != me)
-        mine_nodes = {u.name for u in usage if u.name not in taken and selects(pool.spec.node_selector, u.labels)}
+        if view.pool_nodes is not None:
+            mine_nodes = set(view.pool_nodes.get(runtime.name, frozenset())) - taken
+        else:
+            mine_nodes = {u.name for u in usage if u.name not in taken and selects(pool.spec.node_selector, u.labels)}
         taken |= mine_nodes
         cap = pool_capacity(
             pool,
@@ -212,6 +214,17 @@ def observe(
         usage=measured.usage,
         waiting_for=waiting_for,
     )
+
+
+def candidate_nodes(view: ClusterView, chosen: Sequence[AcceleratorPool]) -> list[Obj]:
+    """The nodes any of the candidate pools select: from the index's membership when it keeps one."""
+    if view.pool_nodes is not None and view.nodes_by_name is not None:
+        names: set[str] = set()
+        for pool in chosen:
+            names |= view.pool_nodes.get(pool.metadata.name or "", frozenset())
+        return [view.nodes_by_name[n] for n in sorted(names) if n in view.nodes_by_name]
+    selectors = [p.spec.node_selector for p in chosen]
+    return [n for n in view.nodes if any(selects(sel, n["metadata"].get("labels") or {}) for sel in selectors)]
 
 
 def _labels(pod: Obj) -> Mapping[str, Any]:

@@ -323,6 +323,8 @@ class ClusterView:
     pods: list[Obj]  # every pod in the cluster, or only infleet's when the per-node totals below are given
     node_requests: Mapping[str, Mapping[str, float]] | None = None  # every bound active pod's requests per node
     node_pod_counts: Mapping[str, int] | None = None
+    pool_nodes: Mapping[str, frozenset[str]] | None = None  # pool -> names of the nodes its selector matches
+    nodes_by_name: Mapping[str, Obj] | None = None
 
 
 POOLS_PATH = "/apis/infleet.io/v1alpha1/acceleratorpools"
