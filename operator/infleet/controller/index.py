@@ -11,13 +11,23 @@ of the pools it may use and its own pods, not in every pod of the cluster.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from infleet.controller.kube import Obj
 from infleet.controller.manifests import LABEL_DEPLOYMENT, LABEL_ROLE, MANAGED_BY, MANAGER
-from infleet.controller.snapshot import ClusterView, pod_active, pod_ready, pod_requests, unschedulable_since
+from infleet.controller.snapshot import (
+    ClusterView,
+    Shape,
+    allocatable,
+    node_usable,
+    pod_active,
+    pod_ready,
+    pod_requests,
+    unschedulable_since,
+)
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -71,6 +81,17 @@ def trim_node(node: Obj) -> Obj:
             "conditions": [{"type": c.get("type"), "status": c.get("status")} for c in status.get("conditions") or []],
         },
     }
+
+
+def node_shape(node: Obj, requested: Mapping[str, float] | None, pods: int) -> Shape:
+    """What a node's capacity depends on: nodes of one shape offer the same to every deployment with no pod there."""
+    alloc = allocatable(node)
+    return (
+        node_usable(node),
+        tuple(sorted(alloc.items())),
+        tuple(sorted((k, round(v, 6)) for k, v in (requested or {}).items() if v)),
+        pods,
+    )
 
 
 def _selector(pool: Obj) -> Mapping[str, str]:
@@ -134,6 +155,8 @@ class ClusterIndex:
     own_workloads: dict[Key, dict[Key, Obj]] = field(default_factory=dict)
     node_requests: dict[str, dict[str, float]] = field(default_factory=dict)  # bound active pods, summed per node
     pool_nodes: dict[str, set[str]] = field(default_factory=dict)  # AcceleratorPool -> nodes its selector matches
+    node_shapes: dict[str, Shape] = field(default_factory=dict)
+    pool_shapes: dict[str, Counter[Shape]] = field(default_factory=dict)  # pool -> shape -> nodes
     node_pods: dict[str, int] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -156,9 +179,12 @@ class ClusterIndex:
                 else:
                     self.pools[name] = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
                 changed = deleted or before is None or before.get("spec") != body.get("spec")
+                if deleted:
+                    self.pool_shapes.pop(name, None)
                 if changed and not deleted:
                     selector = _selector(self.pools[name])
                     self.pool_nodes[name] = {n for n, node in self.nodes.items() if _matches(selector, node)}
+                    self.pool_shapes[name] = Counter(self.node_shapes[n] for n in self.pool_nodes[name])
                 return set(self.deployments) if changed else set()
             if kind == "InferenceDeployment":
                 return self._deployment(body, deleted)
@@ -183,10 +209,35 @@ class ClusterIndex:
             self.node_pods.pop(node, None)
             self.node_requests.pop(node, None)
 
+    def _set_shape(self, node: str, shape: Shape | None) -> None:
+        """Move a node from its old shape to ``shape`` (None: gone) in the counters of the pools it belongs to."""
+        old = self.node_shapes.pop(node, None)
+        if shape is not None:
+            self.node_shapes[node] = shape
+        if old == shape:
+            return
+        for pool_name, members in self.pool_nodes.items():
+            if node not in members:
+                continue
+            counter = self.pool_shapes.setdefault(pool_name, Counter())
+            if old is not None:
+                counter[old] -= 1
+                if counter[old] <= 0:
+                    del counter[old]
+            if shape is not None:
+                counter[shape] += 1
+
+    def _reshape(self, node: str | None) -> None:
+        if node and node in self.nodes:
+            self._set_shape(
+                node, node_shape(self.nodes[node], self.node_requests.get(node), self.node_pods.get(node, 0))
+            )
+
     def _pod(self, body: Obj, deleted: bool) -> set[Key]:
         key = _key(body)
         before = self.pods.get(key)
         self._count(before, -1)
+        self._reshape((before or {}).get("spec", {}).get("nodeName"))
         owner = _owner_key(body) or (_owner_key(before) if before is not None else None)
         if deleted or not pod_active(body):
             self.pods.pop(key, None)
@@ -198,6 +249,7 @@ class ClusterIndex:
             pod = trim_pod(body)
             self.pods[key] = pod
             self._count(pod, +1)
+            self._reshape(pod["spec"].get("nodeName"))
             if owner is not None:
                 self.own_pods.setdefault(owner, {})[key] = pod
         if owner is None:
@@ -208,6 +260,7 @@ class ClusterIndex:
     def _node(self, body: Obj, deleted: bool) -> set[Key]:
         name = (body.get("metadata") or {}).get("name") or ""
         before = self.nodes.get(name)
+        self._set_shape(name, None)
         if deleted:
             self.nodes.pop(name, None)
             for members in self.pool_nodes.values():
@@ -220,6 +273,9 @@ class ClusterIndex:
                     members.add(name)
                 else:
                     members.discard(name)
+            self._set_shape(
+                name, node_shape(self.nodes[name], self.node_requests.get(name), self.node_pods.get(name, 0))
+            )
         if before is not None and not deleted and before == self.nodes[name]:
             return set()
         # Capacity changed: deployments that wait for room (pending pods) may now fit, or lose a node.
@@ -279,6 +335,8 @@ class ClusterIndex:
                 node_pod_counts=dict(self.node_pods),
                 pool_nodes={p: frozenset(m) for p, m in self.pool_nodes.items()},
                 nodes_by_name=dict(self.nodes),
+                pool_shapes={p: dict(c) for p, c in self.pool_shapes.items()},
+                node_shapes=dict(self.node_shapes),
             )
 
     def pods_of(self, key: Key) -> list[Obj]:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from infleet.controller.index import Key
 from infleet.controller.kube import Obj
-from infleet.controller.snapshot import selects
+from infleet.controller.snapshot import ClusterView, selects
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +29,7 @@ class Claim:
     node_selector: Mapping[str, str]
     requests: Mapping[str, float]
     count: int
+    pool: str = ""  # the AcceleratorPool the replicas were planned on
 
 
 @dataclass
@@ -52,17 +54,38 @@ class CapacityLedger:
 
 
 def claimed_on(
-    claims: Sequence[Claim], pool_nodes: Sequence[Obj], resource: str, units_per_device: float
+    claims: Sequence[Claim],
+    pool: str,
+    view: ClusterView,
+    nodes: Sequence[Obj],
+    pool_node_names: AbstractSet[str],
+    resource: str,
+    units_per_device: float,
 ) -> float:
-    """Devices of one pool (its nodes, its device resource) that others' claims may take."""
+    """Devices of one pool (its nodes, its device resource) that others' claims may take: claims on this pool, and
+    claims on any pool whose nodes overlap this one's (from the index's membership, else by selector)."""
     total = 0.0
+    reaches: dict[str, bool] = {}
     for claim in claims:
         amount = claim.requests.get(resource, 0.0)
         if amount <= 0 or claim.count <= 0:
             continue
-        if any(selects(claim.node_selector, n["metadata"].get("labels") or {}) for n in pool_nodes):
+        if claim.pool not in reaches:
+            reaches[claim.pool] = _reaches(claim, pool, view, nodes, pool_node_names)
+        if reaches[claim.pool]:
             total += claim.count * amount / units_per_device
     return total
+
+
+def _reaches(
+    claim: Claim, pool: str, view: ClusterView, nodes: Sequence[Obj], pool_node_names: AbstractSet[str]
+) -> bool:
+    if claim.pool == pool:
+        return True
+    if view.pool_nodes is not None and claim.pool in view.pool_nodes:
+        return not view.pool_nodes[claim.pool].isdisjoint(pool_node_names)
+    mine = [n for n in nodes if n["metadata"]["name"] in pool_node_names]
+    return any(selects(claim.node_selector, n["metadata"].get("labels") or {}) for n in mine)
 
 
 def less_claimed(free_devices: int, room: int, claimed: float, devices_per_replica: int) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from infleet.controller.manifests import (
 from infleet.controller.promotion import is_promoted, ready_since_s
 from infleet.controller.snapshot import (
     ClusterView,
+    NodeUse,
     group_pods,
     infleet_devices_by_pool,
     node_usage,
@@ -157,8 +158,19 @@ def observe(
     chosen, _ = candidate_pools(infd, pools)
     views = {n: PoolView(pool=p, free_devices=0, room_replicas=0) for n, p in pools.items()}
     nodes = candidate_nodes(view, chosen)
-    usage = node_usage(
-        nodes, view.pods, selector_labels(name), namespace, totals=view.node_requests, counts=view.node_pod_counts
+    own_selector = selector_labels(name)
+    mine_only = [
+        p
+        for p in view.pods
+        if p["metadata"].get("namespace") == namespace and selects(own_selector, p["metadata"].get("labels") or {})
+    ]
+    grouped_ok = shapes_usable(view, chosen)
+    usage = (
+        []
+        if grouped_ok
+        else node_usage(
+            nodes, view.pods, own_selector, namespace, totals=view.node_requests, counts=view.node_pod_counts
+        )
     )
     infleet_use = infleet_devices_by_pool(view, pools)
     me = f"{namespace}/{name}"
@@ -174,17 +186,24 @@ def observe(
         else:
             mine_nodes = {u.name for u in usage if u.name not in taken and selects(pool.spec.node_selector, u.labels)}
         taken |= mine_nodes
+        entries = (
+            grouped_usage(view, runtime.name, mine_only, own_selector, namespace)
+            if grouped_ok
+            else [u for u in usage if u.name in mine_nodes]
+        )
         cap = pool_capacity(
             pool,
-            [u for u in usage if u.name in mine_nodes],
+            entries,
             replica_requests(runtime, runtime_for(infd, pool.spec.accelerator.family)),
             choice.devices_per_replica,
             int(elsewhere),
+            preselected=grouped_ok,
         )
         free, room = cap.free_devices, cap.room_replicas
         if claims and runtime.resource_name:
-            pool_nodes = [n for n in nodes if n["metadata"]["name"] in mine_nodes]
-            claimed = claimed_on(claims, pool_nodes, runtime.resource_name, float(runtime.units_per_device))
+            claimed = claimed_on(
+                claims, runtime.name, view, nodes, mine_nodes, runtime.resource_name, float(runtime.units_per_device)
+            )
             free, room = less_claimed(free, room, claimed, choice.devices_per_replica)
         views[runtime.name] = PoolView(pool=pool, free_devices=free, room_replicas=room)
     grouped = group_pods(own_pods)
@@ -214,6 +233,49 @@ def observe(
         usage=measured.usage,
         waiting_for=waiting_for,
     )
+
+
+def shapes_usable(view: ClusterView, chosen: Sequence[AcceleratorPool]) -> bool:
+    """Whether the index's per-pool node shapes can stand for the nodes: it keeps them, and no two candidate pools
+    share a node (then each node's devices must be offered once, which needs the nodes one by one)."""
+    if view.pool_shapes is None or view.pool_nodes is None or view.node_shapes is None:
+        return False
+    sets = [view.pool_nodes.get(p.metadata.name or "", frozenset()) for p in chosen]
+    return all(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1 :])
+
+
+def grouped_usage(
+    view: ClusterView, pool: str, own_pods: Sequence[Obj], own_selector: Mapping[str, str], namespace: str
+) -> list[NodeUse]:
+    """A pool's nodes as one entry per shape (with its count), plus the nodes holding this deployment's pods one by
+    one (their devices split between it and the others). Same totals as the node-by-node view, far fewer entries."""
+    shapes_of = view.pool_shapes or {}
+    members = (view.pool_nodes or {}).get(pool, frozenset())
+    node_shapes = view.node_shapes or {}
+    shapes = dict(shapes_of.get(pool, {}))
+    own_nodes = sorted({n for p in own_pods if (n := p.get("spec", {}).get("nodeName")) in members})
+    for node in own_nodes:
+        shape = node_shapes[node]
+        shapes[shape] = shapes.get(shape, 0) - 1
+    entries = [
+        NodeUse(
+            name="",
+            labels={},
+            allocatable=dict(alloc),
+            requested_by_others=dict(requested),
+            requested_by_own={},
+            pods_by_others=pods,
+            count=count,
+        )
+        for (usable, alloc, requested, pods), count in shapes.items()
+        if usable and count > 0
+    ]
+    if own_nodes and view.nodes_by_name is not None:
+        singles = [view.nodes_by_name[n] for n in own_nodes]
+        entries += node_usage(
+            singles, own_pods, own_selector, namespace, totals=view.node_requests, counts=view.node_pod_counts
+        )
+    return entries
 
 
 def candidate_nodes(view: ClusterView, chosen: Sequence[AcceleratorPool]) -> list[Obj]:
@@ -266,5 +328,5 @@ def claims_of(obs: Observation, plan: Plan) -> list[Claim]:
         pool = obs.pools[pool_name].pool
         runtime = pool_runtime(pool, plan.devices_per_replica[pool_name])
         requests = replica_requests(runtime, runtime_for(infd, pool.spec.accelerator.family))
-        out.append(Claim(node_selector=dict(pool.spec.node_selector), requests=requests, count=more))
+        out.append(Claim(node_selector=dict(pool.spec.node_selector), requests=requests, count=more, pool=pool_name))
     return out

@@ -92,6 +92,7 @@ class NodeUse:
     requested_by_own: Mapping[str, float]
     pods_by_others: int = 0
     pods_by_own: int = 0
+    count: int = 1  # identical nodes this entry stands for (the index groups nodes by shape)
 
 
 def node_usage(
@@ -223,6 +224,8 @@ def pool_capacity(
     replica_requests: Mapping[str, float],
     devices_per_replica: int,
     infleet_devices_elsewhere: int = 0,
+    *,
+    preselected: bool = False,
 ) -> PoolCapacity:
     """Per-node fit of this deployment's replicas on the pool.
 
@@ -234,18 +237,19 @@ def pool_capacity(
     nodes = allocatable = allocated = free = room = 0
     own_devices = 0.0
     for node in usage:
-        if not selects(pool.spec.node_selector, node.labels):
+        if not preselected and not selects(pool.spec.node_selector, node.labels):
             continue
-        nodes += 1
+        k = node.count
+        nodes += k
         alloc_devices = math.floor(device_units(pool, node.allocatable.get(resource, 0.0)))
         used_others = device_units(pool, node.requested_by_others.get(resource, 0.0))
         used_own = device_units(pool, node.requested_by_own.get(resource, 0.0))
-        own_devices += used_own
-        allocatable += alloc_devices
-        allocated += math.ceil(used_others + used_own)
+        own_devices += used_own * k
+        allocatable += alloc_devices * k
+        allocated += math.ceil(used_others + used_own) * k
         free_here = max(0.0, alloc_devices - used_others)
-        free += math.floor(free_here / devices_per_replica) * devices_per_replica if devices_per_replica else 0
-        room += _fits(node, replica_requests)
+        free += (math.floor(free_here / devices_per_replica) * devices_per_replica if devices_per_replica else 0) * k
+        room += _fits(node, replica_requests) * k
     limit = pool.spec.max_devices
     if limit is not None:
         allocatable = min(allocatable, limit)
@@ -316,6 +320,10 @@ def group_pods(pods: Iterable[Obj]) -> DeploymentPods:
 # Reads
 
 
+# (usable, allocatable, requested by bound pods, bound pod count): what capacity depends on, per node
+Shape = tuple[bool, tuple[tuple[str, float], ...], tuple[tuple[str, float], ...], int]
+
+
 @dataclass
 class ClusterView:
     pools: list[Obj]
@@ -325,6 +333,9 @@ class ClusterView:
     node_pod_counts: Mapping[str, int] | None = None
     pool_nodes: Mapping[str, frozenset[str]] | None = None  # pool -> names of the nodes its selector matches
     nodes_by_name: Mapping[str, Obj] | None = None
+    # pool -> {node shape: how many of its nodes have it}; see infleet.controller.index.node_shape
+    pool_shapes: Mapping[str, Mapping[Shape, int]] | None = None
+    node_shapes: Mapping[str, Shape] | None = None
 
 
 POOLS_PATH = "/apis/infleet.io/v1alpha1/acceleratorpools"
