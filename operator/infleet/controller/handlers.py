@@ -175,7 +175,7 @@ def forget_deployment(ctx: Context, key: Key, body: Obj | None) -> None:
         ctx.states.forget(uid)
         ctx.state_written.pop(uid, None)
         ctx.rules_synced.pop(uid, None)
-    for service_key in [k for k in ctx.applied_services if k.startswith(f"{namespace}/{name}/")]:
+    for service_key in [k for k in list(ctx.applied_services) if k.startswith(f"{namespace}/{name}/")]:
         ctx.applied_services.pop(service_key, None)
 
 

@@ -282,7 +282,8 @@ class ClusterIndex:
         return {
             k
             for k, pods in self.own_pods.items()
-            if any(not p["spec"].get("nodeName") or p["spec"].get("nodeName") == name for p in pods.values())
+            if k in self.deployments  # pods are watched cluster-wide; deployments only where the operator serves
+            and any(not p["spec"].get("nodeName") or p["spec"].get("nodeName") == name for p in pods.values())
         }
 
     def _deployment(self, body: Obj, deleted: bool) -> set[Key]:

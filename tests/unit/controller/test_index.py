@@ -60,3 +60,11 @@ def test_trimmed_copies_keep_only_what_the_operator_reads() -> None:
     kept = idx.pods[("ns", "w")]
     assert "env" not in kept["spec"]["containers"][0] and "managedFields" not in kept["metadata"]
     assert kept["status"]["conditions"][0]["type"] == "Ready"
+
+
+def test_node_events_concern_only_deployments_this_operator_serves() -> None:
+    idx = index_with_deployment()
+    elsewhere = {**MANAGED, "infleet.io/deployment": "other"}
+    idx.apply("Pod", "ADDED", pod("o", labels=elsewhere, namespace="not-served"))  # pending, another namespace
+    idx.apply("Pod", "ADDED", pod("w", labels=MANAGED))  # pending, ours
+    assert idx.apply("Node", "ADDED", node("n9", "l4", {"nvidia.com/gpu": "4"})) == {("ns", "chat")}
