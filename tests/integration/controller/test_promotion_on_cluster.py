@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from infleet.controller.admin_secret import token_of
+from infleet.controller.manifests import ADMIN_SECRET_NAME
 from tests.integration.controller.operator_process import OperatorProcess
 from tests.integration.controller.test_operator_on_cluster import (
     apply_infd,
@@ -56,8 +58,9 @@ def manifest(replicas: int, name: str = NAME) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str, OperatorProcess]]:
-    with operator_in_namespace(cluster, "promo-it", tmp_path_factory.mktemp("operator"), models=False,
-                               run_pods=True) as running:
+    with operator_in_namespace(
+        cluster, "promo-it", tmp_path_factory.mktemp("operator"), models=False, run_pods=True
+    ) as running:
         yield running
 
 
@@ -100,8 +103,12 @@ def test_scale_up_promotes_a_warm_pod_and_the_warm_pool_replenishes(env: tuple[A
     selector = get(cluster, "service", "-n", ns, NAME)["spec"]["selector"]
     assert all(pod["metadata"]["labels"].get(k) == v for k, v in selector.items()), "the Service misses it"
     # The worker behind the pod took the promotion itself (the runner plays the pod with a real worker).
-    state = httpx.get(f"http://{pod['status']['podIP']}:8000/admin/state", timeout=5).json()["state"]
-    assert state == "serving"
+    # The admin API wants the namespace's token (the operator created the Secret; the runner gave it to the worker).
+    token = token_of(get(cluster, "secret", "-n", ns, ADMIN_SECRET_NAME))
+    answer = httpx.get(f"http://{pod['status']['podIP']}:8000/admin/state", timeout=5,
+                       headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["state"] == "serving"
 
     def replacement() -> dict[str, Any] | None:
         warm = [p for p in pods_of(cluster, ns, NAME) if role(p) == "warm" and ready(p)]
