@@ -71,13 +71,13 @@ def write_gguf(checkpoint: Path, out: Path, quant: Quant = "F32", name: str = "t
     assert len(tokens) == cfg["vocab_size"], "vocabulary ids must be dense"
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")  # GPT-2's split regex: the ByteLevel pre-tokenizer the checkpoint was trained with
+    w.add_tokenizer_pre("gpt-2")  # GPT-2's split regex: the ByteLevel pre-tokenizer the checkpoint was trained with
     w.add_token_list(tokens)
     w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
     w.add_token_merges(merges)
     w.add_bos_token_id(specials[tok_cfg["bos_token"]])
     w.add_eos_token_id(specials[tok_cfg["eos_token"]])
-    w.add_add_bos_token(False)  # the chat template writes <|begin_of_text|> itself
+    w.add_add_bos_token(True)  # as Llama 3 GGUFs: llama-cpp-python recognises the template and lets add_bos write it
     w.add_chat_template(tok_cfg["chat_template"])
 
     for hf_name, tensor in sorted(load_file(str(checkpoint / "model.safetensors")).items()):
