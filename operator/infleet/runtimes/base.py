@@ -89,11 +89,11 @@ class Drain:
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceDefaults:
-    """The simulator's start-up model for one replica: assumptions taken from each project's documentation (not
-    measured here); a pool's own `coldStartSeconds` wins over `cold_start_s`."""
+    """What the simulator assumes of this runtime (infleet.sim.fleet): seconds from a ready warm replica to serving,
+    from each project's documentation (not measured here); None: no warm standby, so the simulator, like the
+    operator, never promotes a warm replica and a scale-up waits for a cold start (the pool's coldStartSeconds)."""
 
-    cold_start_s: float  # pod start to ready: image pull excluded, weights load and warm-up included
-    promote_s: float | None  # a warm replica to serving; None: no warm standby (a warm replica costs a cold start)
+    promote_s: float | None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -70,7 +70,7 @@ RUNTIME = Runtime(
         mechanism="POST /admin/state {state: draining}, also on SIGTERM: finishes in-flight requests, admits none",
         call=HttpCall(method="POST", path="/admin/state", json={"state": "draining"}, needs_admin_token=True),
     ),
-    sim=ServiceDefaults(cold_start_s=60.0, promote_s=1.0),
+    sim=ServiceDefaults(promote_s=2.0),  # readiness flip plus endpoint propagation
     quantisation="weights in the checkpoint's dtype (bf16/fp16/fp32)",
     version=__version__,
     container_name="worker",

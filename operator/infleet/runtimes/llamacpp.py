@@ -51,7 +51,7 @@ RUNTIME = Runtime(
     metrics=None,
     warm=WarmStandby(mechanism="none: a warm replica is a cold replica", promote=None),
     drain=Drain(mechanism="SIGTERM: uvicorn stops accepting and finishes in-flight requests"),
-    sim=ServiceDefaults(cold_start_s=20.0, promote_s=None),
+    sim=ServiceDefaults(promote_s=None),
     quantisation="GGUF: F32/F16/BF16, Q8_0, Q4_K_M and the other llama.cpp types (verified here: F32 and Q8_0)",
     version=VERSION,
 )

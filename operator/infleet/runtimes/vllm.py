@@ -103,7 +103,7 @@ RUNTIME = Runtime(
         promote=HttpCall(method="POST", path="/wake_up"),
     ),
     drain=Drain(mechanism="SIGTERM: stops admitting, finishes in-flight requests within the grace period"),
-    sim=ServiceDefaults(cold_start_s=120.0, promote_s=5.0),
+    sim=ServiceDefaults(promote_s=5.0),  # level-1 wake: weights back from host memory ("seconds", vLLM docs)
     quantisation="AWQ, GPTQ, FP8 and others via --quantization or the checkpoint's config",
     version=VERSION,
 )

@@ -31,7 +31,7 @@ RUNTIME = Runtime(
     metrics=METRICS,
     warm=WarmStandby(mechanism="none (sleep mode is CUDA/ROCm only): a warm replica is a cold replica", promote=None),
     drain=Drain(mechanism="SIGTERM: stops admitting, finishes in-flight requests within the grace period"),
-    sim=ServiceDefaults(cold_start_s=300.0, promote_s=None),
+    sim=ServiceDefaults(promote_s=None),
     quantisation="bf16; int8 weights via --quantization where the TPU backend supports it",
     version=VERSION,
 )
