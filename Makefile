@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,worker,gateway,sim,cluster
+EXTRAS ?= dev,worker,gateway,sim,cluster,llamacpp
 PYTEST_ARGS ?=
 
 .PHONY: help venv tools cluster-up cluster-down cluster-delete demo demo-down test test-unit test-cluster e2e lint typecheck bench clean

@@ -8,6 +8,7 @@ Python attributes are snake_case. Unknown fields are errors, so a typo never sil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -149,15 +150,45 @@ class ResourceRequirements(KubeModel):
 # ---------------------------------------------------------------------------------------------------------
 # InferenceDeployment
 
+# Serving stacks (`runtimes.<family>.engine`) and the families each runs on; infleet.runtimes has one adapter per
+# name (a unit test keeps the two in step).
+Engine = Literal["infleet-worker", "vllm", "llama-cpp", "neuron-vllm", "vllm-tpu"]
+DEFAULT_ENGINE: Engine = "infleet-worker"
+ENGINES_FOR_FAMILY: dict[str, tuple[str, ...]] = {
+    "nvidia-gpu": ("infleet-worker", "vllm"),
+    "aws-neuron": ("infleet-worker", "neuron-vllm"),
+    "google-tpu": ("infleet-worker", "vllm-tpu"),
+    "cpu": ("infleet-worker", "llama-cpp"),
+}
+
+
+def _engine_check(family: str) -> Callable[[Runtimes], bool]:
+    """The Python side of the per-family engine rule (CEL in `Runtimes.cel_rules`)."""
+
+    def check(runtimes: Runtimes) -> bool:
+        override = runtimes.for_family(family)
+        return override is None or override.engine is None or override.engine in ENGINES_FOR_FAMILY[family]
+
+    return check
+
+
 
 class RuntimeOverride(KubeModel):
     """How to run the model on one accelerator family: a Neuron or TPU build differs from a CUDA one."""
 
+    engine: Engine | None = Field(
+        default=None,
+        description="Serving stack on this family: infleet-worker (unset: the default, every family), vllm "
+        "(nvidia-gpu), llama-cpp (cpu), neuron-vllm (aws-neuron) or vllm-tpu (google-tpu). It picks the "
+        "container's command line, probes, metric names and warm standby; see docs/runtimes.md.",
+    )
     image: Annotated[str, Field(max_length=1024)] | None = Field(
-        default=None, description="Container image for this family (defaults to the operator's worker image)."
+        default=None,
+        description="Container image for this family (defaults to the operator's worker image, or the engine's "
+        "upstream image).",
     )
     args: Annotated[list[LongString], Field(max_length=64)] = Field(
-        default_factory=list, description="Extra arguments appended to the worker command line."
+        default_factory=list, description="Extra arguments appended to the engine's command line."
     )
     env: Annotated[list[EnvVar], Field(max_length=64)] = Field(
         default_factory=list, description="Extra environment variables for the serving container."
@@ -181,6 +212,21 @@ class Runtimes(KubeModel):
         default=None, alias="google-tpu", description="Overrides on Google TPU pools (XLA build)."
     )
     cpu: RuntimeOverride | None = Field(default=None, description="Overrides on CPU pools.")
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = tuple(
+        Rule(
+            cel=f"!has(self.{cel_field}) || !has(self.{cel_field}.engine) || "
+            f"self.{cel_field}.engine in [{', '.join(repr(e) for e in ENGINES_FOR_FAMILY[family])}]",
+            message=f"runtimes.{family}.engine must be one of {', '.join(ENGINES_FOR_FAMILY[family])}",
+            check=_engine_check(family),
+        )
+        for family, cel_field in (
+            ("nvidia-gpu", "nvidia__dash__gpu"),
+            ("aws-neuron", "aws__dash__neuron"),
+            ("google-tpu", "google__dash__tpu"),
+            ("cpu", "cpu"),
+        )
+    )
 
     def for_family(self, family: str) -> RuntimeOverride | None:
         """The override for `family`, or None when the defaults apply."""

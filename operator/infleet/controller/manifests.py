@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from infleet import __version__
+from infleet.runtimes import DEFAULT_ENGINE, SERVING_PORT, ServingContext, runtime
 
 Role = Literal["serving", "warm"]
 Device = Literal["cuda", "neuron", "xla", "cpu"]
@@ -24,7 +25,9 @@ LABEL_DEPLOYMENT = "infleet.io/deployment"
 LABEL_POOL = "infleet.io/pool"
 LABEL_ROLE = "infleet.io/role"
 ANNOTATION_MODEL = "infleet.io/model"
-WORKER_PORT = 8000
+# The serving stack of a pod (docs/runtimes.md); absent on infleet-worker pods, so their manifests stay as they were.
+ANNOTATION_RUNTIME = "infleet.io/runtime"
+WORKER_PORT = SERVING_PORT
 # The worker's admin API (/admin/*: promote, demote, drain) requires this bearer token; the operator keeps it in a
 # Secret per namespace (infleet.controller.admin_secret) and the worker pods read it from there.
 ADMIN_TOKEN_ENV = "INFLEET_WORKER_ADMIN_TOKEN"
@@ -74,9 +77,11 @@ class PoolRuntime:
 
 
 @dataclass(frozen=True)
-class RuntimeOverride:
-    """Per-family overrides from the model spec (image, extra args, env, resources)."""
+class ContainerOverrides:
+    """The model spec's `runtimes.<family>` entry, resolved (the API's `RuntimeOverride`): the engine, and image,
+    extra args, env and resources over what the engine's adapter renders."""
 
+    engine: str = DEFAULT_ENGINE
     image: str | None = None
     args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
@@ -94,7 +99,7 @@ class Workload:
     role: Role
     replicas: int
     model: str
-    runtime: RuntimeOverride = field(default_factory=RuntimeOverride)
+    runtime: ContainerOverrides = field(default_factory=ContainerOverrides)
     source: str = ""  # spec.model.source; empty: the worker is given the model name
 
 
@@ -169,6 +174,12 @@ def model_location(source: str, name: str) -> ModelLocation:
     return ModelLocation(source)
 
 
+def pod_engine(pod: Mapping[str, Any]) -> str:
+    """The serving stack a pod runs, from its annotation (none: infleet-worker)."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    return str(annotations.get(ANNOTATION_RUNTIME) or DEFAULT_ENGINE)
+
+
 def admin_token_env() -> dict[str, Any]:
     """The worker's admin token from the namespace's Secret. `optional`: a pod that starts before the Secret exists
     runs with its admin API answering loopback only (safe; the operator then starts cold pods instead of
@@ -190,32 +201,37 @@ def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[st
     resources["requests"].update(w.runtime.requests)
     resources["limits"].update(w.runtime.limits)
     location = model_location(w.source, w.model)
-    args = [
-        "serve",
-        "--model",
-        location.argument,
-        "--served-model-name",
-        w.model,
-        "--device",
-        w.pool.device,
-        "--port",
-        str(WORKER_PORT),
-        "--state",
-        w.role,
-        *w.runtime.args,
-    ]
+    adapter = runtime(w.runtime.engine)
+    launch = adapter.launch(
+        ServingContext(
+            model_path=location.argument,
+            served_name=w.model,
+            device=w.pool.device,
+            devices_per_replica=w.pool.devices_per_replica,
+            units_per_device=w.pool.units_per_device,
+            resource_name=w.pool.resource_name,
+            role=w.role,
+        )
+    )
+    reserved = {ADMIN_TOKEN_ENV} if adapter.admin_token else set()
+    env = (
+        [dict(e) for e in launch.env]
+        + [{"name": k, "value": v} for k, v in sorted(w.runtime.env.items()) if k not in reserved]
+        + [{"name": k, "valueFrom": dict(v)} for k, v in sorted(w.runtime.env_from.items()) if k not in reserved]
+        + ([admin_token_env()] if adapter.admin_token else [])
+    )
+    image = w.runtime.image or adapter.images.get(w.pool.device) or images.image_for(w.pool.device)
     container: dict[str, Any] = {
-        "name": "worker",
-        "image": w.runtime.image or images.image_for(w.pool.device),
-        "command": ["infleet-worker"],
-        "args": args,
+        "name": adapter.container_name,
+        "image": image,
+        "command": list(launch.command),
+        "args": [*launch.args, *w.runtime.args],
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-        "env": [{"name": k, "value": v} for k, v in sorted(w.runtime.env.items()) if k != ADMIN_TOKEN_ENV]
-        + [{"name": k, "valueFrom": dict(v)} for k, v in sorted(w.runtime.env_from.items()) if k != ADMIN_TOKEN_ENV]
-        + [admin_token_env()],
+        "readinessProbe": {"httpGet": {"path": launch.readiness_path, "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": launch.liveness_path, "port": "http"}, "periodSeconds": 10},
+        "env": env,
         "resources": {k: v for k, v in resources.items() if v},
+        **launch.extra,
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
@@ -229,6 +245,9 @@ def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[st
         container["volumeMounts"] = [
             {"name": "models", "mountPath": f"{MODELS_MOUNT}/{location.claim}", "readOnly": True}
         ]
+    annotations = {ANNOTATION_MODEL: w.model}
+    if adapter.engine != DEFAULT_ENGINE:
+        annotations[ANNOTATION_RUNTIME] = adapter.engine
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -236,14 +255,14 @@ def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[st
             "name": workload_name(w.owner.name, w.pool.name, w.role),
             "namespace": w.owner.namespace,
             "labels": labels,
-            "annotations": {ANNOTATION_MODEL: w.model},
+            "annotations": dict(annotations),
             "ownerReferences": [w.owner.reference()],
         },
         "spec": {
             "replicas": w.replicas,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels, "annotations": {ANNOTATION_MODEL: w.model}},
+                "metadata": {"labels": labels, "annotations": annotations},
                 "spec": pod_spec,
             },
         },

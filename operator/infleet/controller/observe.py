@@ -14,18 +14,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from infleet.api import AcceleratorPool, InferenceDeployment
+from infleet.api.v1alpha1 import DEFAULT_ENGINE
 from infleet.controller.kube import Obj
 from infleet.controller.ledger import Claim, claimed_on, less_claimed
 from infleet.controller.manifests import (
     LABEL_POOL,
     LABEL_ROLE,
+    ContainerOverrides,
     Owner,
     PoolRuntime,
-    RuntimeOverride,
     Workload,
     selector_labels,
 )
-from infleet.controller.promotion import is_promoted, ready_since_s
+from infleet.controller.promotion import is_promoted, promotable, ready_since_s
 from infleet.controller.snapshot import (
     ClusterView,
     NodeUse,
@@ -69,13 +70,14 @@ def parse_pools(items: Sequence[Obj]) -> tuple[dict[str, AcceleratorPool], list[
     return out, invalid
 
 
-def runtime_for(infd: InferenceDeployment, family: str) -> RuntimeOverride:
+def runtime_for(infd: InferenceDeployment, family: str) -> ContainerOverrides:
     """The model's per-family runtime override; ``env[].valueFrom`` passes through unchanged."""
     override = infd.spec.model.runtime_for(family)
     if override is None:
-        return RuntimeOverride()
+        return ContainerOverrides()
     res = override.resources
-    return RuntimeOverride(
+    return ContainerOverrides(
+        engine=override.engine or DEFAULT_ENGINE,
         image=override.image,
         args=tuple(override.args),
         env={e.name: e.value for e in override.env if e.value is not None},
@@ -119,7 +121,7 @@ def workload(
     )
 
 
-def replica_requests(runtime: PoolRuntime, override: RuntimeOverride) -> dict[str, float]:
+def replica_requests(runtime: PoolRuntime, override: ContainerOverrides) -> dict[str, float]:
     req = {k: parse_quantity(v) for k, v in runtime.default_requests.items()}
     if runtime.resource_name:
         req[runtime.resource_name] = float(runtime.devices_per_replica * runtime.units_per_device)
@@ -302,7 +304,7 @@ def warm_workers(pods: Sequence[Obj]) -> tuple[WarmWorker, ...]:
     return tuple(
         WarmWorker(p["metadata"]["name"], _labels(p).get(LABEL_POOL, ""), ready_since_s(p))
         for p in pods
-        if _labels(p).get(LABEL_ROLE) == "warm" and _live(p) and pod_ready(p)
+        if _labels(p).get(LABEL_ROLE) == "warm" and _live(p) and pod_ready(p) and promotable(p)
     )
 
 

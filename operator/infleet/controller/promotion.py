@@ -2,12 +2,14 @@
 
 The decision is the loop's (`infleet.policy.loop.plan_promotion`, from the warm and promoted workers the operator
 observes); this module holds the edges:
-`WorkerStateClient.promote` tells the worker to serve (`POST /admin/state`), then `apply_promotions` relabels the
-pod `infleet.io/role=serving` and makes the InferenceDeployment its controller. The relabel takes the pod out of
-the warm ReplicaSet's selector, so that ReplicaSet starts a replacement (the replenish) and the Service selects
-the pod. Promoted pods carry `infleet.io/promoted=true` and are counted toward their pool's serving replicas, so
-the serving Deployment is scaled to `desired - promoted`; on scale-down they go first. Everything is read back
-from labels and owner references, so a restarted operator sees exactly what the last one did.
+`WorkerStateClient.promote` tells the worker to serve through its runtime's adapter (infleet-worker: `POST
+/admin/state`; vLLM: `POST /wake_up`; runtimes without warm standby are never offered for promotion), then
+`apply_promotions` relabels the pod `infleet.io/role=serving` and makes the InferenceDeployment its controller. The
+relabel takes the pod out of the warm ReplicaSet's selector, so that ReplicaSet starts a replacement (the replenish)
+and the Service selects the pod. Promoted pods carry `infleet.io/promoted=true` and are counted toward their pool's
+serving replicas, so the serving Deployment is scaled to `desired - promoted`; on scale-down they go first.
+Everything is read back from labels and owner references, so a restarted operator sees exactly what the last one
+did.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import httpx
 from kubernetes.client.exceptions import ApiException
 
 from infleet.controller.kube import Kube, Obj
-from infleet.controller.manifests import LABEL_ROLE, WORKER_PORT, Owner
+from infleet.controller.manifests import LABEL_ROLE, WORKER_PORT, Owner, pod_engine
 from infleet.controller.snapshot import parse_time, pod_active
+from infleet.runtimes import runtime
 
 log = logging.getLogger("infleet.controller")
 
@@ -38,8 +41,14 @@ class WorkerStateClient(Protocol):
 TokenLookup = Callable[[str], str | None]  # namespace -> the workers' admin token there (None: none known)
 
 
+def promotable(pod: Obj) -> bool:
+    """Whether the pod's runtime has a warm standby to promote (llama.cpp, Neuron and TPU stacks do not)."""
+    return runtime(pod_engine(pod)).promotable
+
+
 class HttpWorkerState:
-    """POST http://<podIP>:8000/admin/state {"state": "serving"}; a refusal, timeout or non-2xx is False.
+    """The pod runtime's promotion call (infleet-worker: POST http://<podIP>:8000/admin/state {"state": "serving"};
+    vLLM: POST /wake_up); a refusal, timeout, non-2xx or a runtime without warm standby is False.
 
     The worker's admin API wants `Authorization: Bearer <token>`; `admin_token` looks the token up by the pod's
     namespace (the Secret `infleet-worker-admin` there, see `admin_secret.ensure_admin_secret`). Without a
@@ -59,12 +68,18 @@ class HttpWorkerState:
     def promote(self, pod: Obj) -> bool:
         ip = pod.get("status", {}).get("podIP")
         name = pod["metadata"]["name"]
+        adapter = runtime(pod_engine(pod))
+        call = adapter.warm.promote
+        if call is None:
+            log.info("warm pod %s runs %s, which has no warm standby; not promoted", name, adapter.engine)
+            return False
         if not ip:
             log.info("warm pod %s has no IP yet; not promoted", name)
             return False
+        headers = self._headers(pod) if call.needs_admin_token else {}
         try:
-            resp = self.client.post(f"http://{ip}:{WORKER_PORT}/admin/state", json={"state": "serving"},
-                                    headers=self._headers(pod))
+            resp = self.client.request(call.method, f"http://{ip}:{WORKER_PORT}{call.path}",
+                                       json=dict(call.json) if call.json is not None else None, headers=headers)
         except httpx.HTTPError as exc:
             log.info("warm pod %s did not take the promotion (%s); starting a cold pod instead", name, exc)
             return False

@@ -1,9 +1,11 @@
 """Worker metrics for the autoscaler: a one-method seam (`MetricsSource.fetch`) with an HTTP implementation.
 
-The operator scrapes each ready serving pod's `/metrics` (docs/metrics.md, Worker section) and folds two
+The operator scrapes each ready serving pod's `/metrics` and reads it with the names of the pod's runtime
+(infleet.runtimes: `infleet_worker_*`, vLLM's `vllm:*`; docs/metrics.md, "Runtimes"), then folds two
 consecutive scrapes of a deployment into one `LoadObservation` (arrival rate from the finished-requests counter,
 queue depth, running requests, windowed p99 from the latency histogram). On a cluster whose pods run no worker
-(kwok), `fetch` returns None and placement keeps using the declared throughput.
+(kwok), or for a runtime without a metrics endpoint (llama.cpp), `fetch` returns None and the gateway's signals
+and the declared throughput stand in.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from infleet.controller.kube import Obj
+from infleet.controller.manifests import WORKER_PORT, pod_engine
 from infleet.policy import LoadObservation
-
-WORKER_PORT = 8000
+from infleet.runtimes import MetricNames, runtime
+from infleet.runtimes.infleet_worker import METRICS as WORKER_METRICS
 
 
 @dataclass(frozen=True)
@@ -41,26 +44,29 @@ class MetricsSource(Protocol):
     def fetch(self, pod: Obj) -> WorkerMetrics | None: ...
 
 
-def parse_worker_metrics(text: str) -> WorkerMetrics:
-    sums = {"waiting": 0.0, "running": 0.0, "total": 0.0, "prompt": 0.0, "gen": 0.0}
+def parse_worker_metrics(text: str, names: MetricNames = WORKER_METRICS) -> WorkerMetrics:
+    """One `/metrics` page read with one runtime's names; series the runtime does not expose stay zero/empty.
+    Samples with the same name (one per label set: `model_name`, `status`, ...) are summed."""
     scalar = {
-        "infleet_worker_num_requests_waiting": "waiting",
-        "infleet_worker_num_requests_running": "running",
-        "infleet_worker_requests_total": "total",
-        "infleet_worker_prompt_tokens_total": "prompt",
-        "infleet_worker_generation_tokens_total": "gen",
+        name: key
+        for name, key in (
+            (names.waiting, "waiting"),
+            (names.running, "running"),
+            (names.requests_total, "total"),
+            (names.prompt_tokens, "prompt"),
+            (names.generation_tokens, "gen"),
+        )
+        if name is not None
     }
-    histograms: dict[str, dict[float, float]] = {
-        "infleet_worker_request_latency_seconds_bucket": {},
-        "infleet_worker_time_to_first_token_seconds_bucket": {},
-    }
+    sums = dict.fromkeys(("waiting", "running", "total", "prompt", "gen"), 0.0)
+    histograms: dict[str, dict[float, float]] = {n: {} for n in (names.e2e_bucket, names.ttft_bucket) if n}
     joules: float | None = None
-    measurable = True
+    measurable = names.energy_joules is not None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "infleet_worker_energy_joules_total":
+            if sample.name == names.energy_joules:
                 joules = (joules or 0.0) + sample.value
-            elif sample.name == "infleet_worker_energy_measurable" and sample.value == 0:
+            elif sample.name == names.energy_measurable and sample.value == 0:
                 measurable = False
             elif sample.name in scalar:
                 sums[scalar[sample.name]] += sample.value
@@ -72,8 +78,8 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
         waiting=sums["waiting"],
         running=sums["running"],
         requests_total=sums["total"],
-        latency_buckets=histograms["infleet_worker_request_latency_seconds_bucket"],
-        ttft_buckets=histograms["infleet_worker_time_to_first_token_seconds_bucket"],
+        latency_buckets=histograms.get(names.e2e_bucket or "", {}),
+        ttft_buckets=histograms.get(names.ttft_bucket or "", {}),
         prompt_tokens=sums["prompt"],
         generation_tokens=sums["gen"],
         energy_joules=joules if measurable else None,
@@ -81,23 +87,26 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
 
 
 class HttpMetricsSource:
-    """GET http://<podIP>:8000/metrics with a short timeout; anything but a 200 worker page is None."""
+    """GET http://<podIP>:8000/metrics with a short timeout, read with the pod's runtime's names; anything but a
+    200 page of that runtime is None (so is a pod whose runtime exposes no metrics)."""
 
     def __init__(self, timeout_s: float = 1.0) -> None:
         self.client = httpx.Client(timeout=timeout_s, trust_env=False)
 
     def fetch(self, pod: Obj) -> WorkerMetrics | None:
         ip = pod.get("status", {}).get("podIP")
-        if not ip:
+        adapter = runtime(pod_engine(pod))
+        names = adapter.metrics
+        if not ip or names is None:
             return None
         try:
-            resp = self.client.get(f"http://{ip}:{WORKER_PORT}/metrics")
+            resp = self.client.get(f"http://{ip}:{WORKER_PORT}{adapter.metrics_path}")
         except httpx.HTTPError:
             return None
-        if resp.status_code != 200 or "infleet_worker_" not in resp.text:
+        if resp.status_code != 200 or names.marker not in resp.text:
             return None
         try:
-            return parse_worker_metrics(resp.text)
+            return parse_worker_metrics(resp.text, names)
         except ValueError:
             return None
 

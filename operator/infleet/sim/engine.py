@@ -13,7 +13,7 @@ Model (every simplification stated; the replica engine is in :mod:`infleet.sim.r
   for prefill inside them, p99 TTFT, TPOT and end-to-end latency of requests finished in the last minute, and
   mean prompt and output lengths over five minutes; with :class:`Faults` the metrics are ``metrics_delay_s``
   old and targets apply ``decision_delay_s`` after the decision. Replicas then take the pool's cold start
-  (warm workers: :data:`PROMOTE_S`) to become ready, with optional seeded spread.
+  (warm workers: the pool's `promote_s`, from its runtime) to become ready, with optional seeded spread.
 * Spot replicas (or any pool's, per pool) may be reclaimed (:class:`Faults`): after the notice the replica is
   gone; requests it held that had not produced a token go back to the front of the gateway queue, the others are
   lost (misses).
@@ -35,7 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from infleet.policy.cost import ReplicaInterval
-from infleet.sim.fleet import PROMOTE_S, SimFleet, SimPool
+from infleet.sim.fleet import SimFleet, SimPool
 from infleet.sim.replica import Replica
 from infleet.sim.trace import Trace
 
@@ -247,13 +247,13 @@ class Simulation:
                 missing = want - len(serving)
                 # Promote warm workers first: ready ones in seconds, starting ones when they are ready.
                 for r in sorted(warm, key=lambda w: (w.state != "ready", w.ready_at)):
-                    if missing == 0:
+                    if missing == 0 or pool.promote_s is None:  # no warm standby: warm replicas stay warm
                         break
                     warm.remove(r)
                     r.role = "serving"
                     if r.state == "ready":
                         r.state = "starting"
-                        r.ready_at = now + PROMOTE_S
+                        r.ready_at = now + pool.promote_s
                         self._push(r.ready_at, _READY, r.id, 0)
                     missing -= 1
                 while missing > 0 and self._new(pool, "serving", now, instant):

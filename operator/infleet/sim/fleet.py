@@ -6,15 +6,21 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from infleet.api import AcceleratorPool, InferenceDeployment, load_manifests
+from infleet.api import AcceleratorPool, InferenceDeployment, RuntimeOverride, load_manifests
 from infleet.policy.service import DEVICES, ServiceModel, device_key, roofline
 from infleet.policy.types import CapacityType
+from infleet.runtimes import runtime
 
 # An AcceleratorPool does not say how many nodes it has (its status does, at run time); the simulator assumes
 # this many devices per pool unless the pool sets maxDevices.
 DEFAULT_POOL_DEVICES = 64
-# Seconds to promote a warm (model-loaded) worker to serving: readiness flip plus endpoint propagation.
+# Seconds to promote a warm (model-loaded) infleet-worker to serving: readiness flip plus endpoint propagation.
+# Other runtimes: their adapter's `sim.promote_s` (infleet.runtimes; None where there is no warm standby).
 PROMOTE_S = 2.0
+
+
+def _promote_s(override: RuntimeOverride | None) -> float | None:
+    return runtime(override.engine if override is not None else None).sim.promote_s
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class SimPool:
     device_memory_gib: float
     cold_start_s: float
     service: ServiceModel
+    promote_s: float | None = PROMOTE_S  # None: the pool's runtime has no warm standby (never promoted)
 
     @property
     def replica_price_per_hour(self) -> float:
@@ -120,6 +127,7 @@ def build_fleet(pools: list[AcceleratorPool], dep: InferenceDeployment) -> SimFl
                 device_memory_gib=ps.accelerator.memory_gib_per_device,
                 cold_start_s=float(ps.cold_start_seconds),
                 service=service,
+                promote_s=_promote_s(spec.model.runtime_for(ps.accelerator.family)),
             )
         )
     if not sim_pools:

@@ -15,6 +15,7 @@ DEPLOYMENT_CRD = crdgen.inference_deployment_crd()
 POOL_CRD = crdgen.accelerator_pool_crd()
 FAMILIES = ["nvidia-gpu", "aws-neuron", "google-tpu", "cpu"]
 POOLS = ["a", "b", "c"]
+ENGINES = ["infleet-worker", "vllm", "llama-cpp", "neuron-vllm", "vllm-tpu"]
 
 
 def _maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -42,7 +43,8 @@ def deployments(draw: st.DrawFn) -> dict[str, Any]:
             "families": model_families,
             "parametersBillions": draw(_maybe(st.just(1))),
             "memoryGiB": draw(_maybe(st.just(2))),
-            "runtimes": {f: {"image": "x"} for f in runtimes} or None,
+            "runtimes": {f: _drop_none({"image": "x", "engine": draw(_maybe(st.sampled_from(ENGINES)))})
+                         for f in runtimes} or None,
         }
     )
     slo = _drop_none(

@@ -6,10 +6,10 @@ from infleet.controller.manifests import (
     ADMIN_SECRET_KEY,
     ADMIN_SECRET_NAME,
     ADMIN_TOKEN_ENV,
+    ContainerOverrides,
     ImageConfig,
     Owner,
     PoolRuntime,
-    RuntimeOverride,
     Workload,
     model_location,
     render_deployment,
@@ -100,7 +100,7 @@ def test_owner_reference_makes_deletion_cascade() -> None:
 
 
 def test_runtime_override_replaces_image_and_merges_resources() -> None:
-    runtime = RuntimeOverride(
+    runtime = ContainerOverrides(
         image="registry.example/llm:cuda12", args=("--max-batch", "64"), env={"A": "1"}, requests={"memory": "16Gi"}
     )
     d = render_deployment(Workload(OWNER, L4, "serving", 1, "m", runtime), ImageConfig("my/worker", "dev"))
@@ -162,7 +162,7 @@ def test_service_selects_only_serving_pods() -> None:
 
 
 def test_workers_read_the_admin_token_from_the_namespace_secret() -> None:
-    runtime = RuntimeOverride(env={"A": "1", ADMIN_TOKEN_ENV: "user-chosen"})
+    runtime = ContainerOverrides(env={"A": "1", ADMIN_TOKEN_ENV: "user-chosen"})
     d = render_deployment(Workload(OWNER, L4, "warm", 1, "m", runtime))
     env = d["spec"]["template"]["spec"]["containers"][0]["env"]
     # The model's own env cannot replace the operator's token (it would lock the operator out of promotions).
