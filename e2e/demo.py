@@ -269,7 +269,7 @@ def up(args: argparse.Namespace) -> int:
             str(Path(sys.executable).parent / "infleet"), "run",
             "--kubeconfig", str(cluster.layout.kubeconfig), "--all-namespaces",
             "--metrics-port", str(OPERATOR_METRICS_PORT),
-            "--liveness", f"http://127.0.0.1:{OPERATOR_HEALTH_PORT}/healthz",
+            "--bind-address", "127.0.0.1", "--liveness-port", str(OPERATOR_HEALTH_PORT),
         ], DEMO_DIR)
     else:
         say("operator already running")

@@ -74,7 +74,7 @@ class Operator:
         cmd = [str(Path(sys.executable).parent / "infleet"), "run", "--kubeconfig", str(kubeconfig),
                "--namespace", namespace, "--standalone", "--interval", "2", "--promotion-client", "http",
                "--metrics-port", str(self.metrics_port),
-               "--liveness", f"http://127.0.0.1:{self.health_port}/healthz", "--log-format", "text"]
+               "--bind-address", "127.0.0.1", "--liveness-port", str(self.health_port), "--log-format", "text"]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         with log.open("wb") as fh:  # one log per run
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)

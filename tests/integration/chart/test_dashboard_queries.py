@@ -72,7 +72,7 @@ def stack(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     try:
         with operator_process(cluster.kubeconfig, tmp / "operator.log", f"--namespace={ns}", "--standalone",
                               "--interval=2", f"--metrics-port={op_port}",
-                              f"--liveness=http://127.0.0.1:{op_health}/healthz"):
+                              "--bind-address=127.0.0.1", f"--liveness-port={op_health}"):
             worker_log = (tmp / "worker.log").open("wb")
             procs.append(subprocess.Popen(
                 [str(Path(sys.executable).parent / "infleet-worker"), "serve", "--model", "tiny", "--device", "cpu",

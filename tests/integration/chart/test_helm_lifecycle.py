@@ -123,7 +123,7 @@ def test_install_creates_the_objects(cluster: Any, ns: str, release: str) -> Non
     kube_json(cluster, "-n", ns, "get", "serviceaccount", sa_name(release))
     kube_json(cluster, "get", "clusterrole", f"{release}-infleet")
     kube_json(cluster, "-n", ns, "get", "service", f"{release}-infleet-metrics")
-    for crd in ("inferencedeployments.infleet.io", "acceleratorpools.infleet.io", "clusterkopfpeerings.kopf.dev"):
+    for crd in ("inferencedeployments.infleet.io", "acceleratorpools.infleet.io"):
         meta = kube_json(cluster, "get", "crd", crd)["metadata"]
         assert meta["annotations"]["meta.helm.sh/release-name"] == release
         assert meta["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -131,23 +131,25 @@ def test_install_creates_the_objects(cluster: Any, ns: str, release: str) -> Non
 
 ALLOWED = [
     ("list", "inferencedeployments.infleet.io"), ("watch", "inferencedeployments.infleet.io"),
-    ("patch", "inferencedeployments.infleet.io"), ("patch", "inferencedeployments.infleet.io/status"),
+    ("patch", "inferencedeployments.infleet.io/status"),
     ("update", "inferencedeployments.infleet.io/finalizers"),
     ("list", "acceleratorpools.infleet.io"), ("patch", "acceleratorpools.infleet.io/status"),
     ("create", "deployments.apps"), ("patch", "deployments.apps"), ("delete", "deployments.apps"),
-    ("get", "persistentvolumeclaims"),
-    ("list", "deployments.apps"), ("create", "services"), ("patch", "services"),
-    ("list", "pods"), ("patch", "pods"), ("delete", "pods"), ("list", "nodes"), ("create", "events"),
+    ("list", "persistentvolumeclaims"), ("watch", "persistentvolumeclaims"),
+    ("list", "deployments.apps"), ("watch", "deployments.apps"), ("create", "services"), ("patch", "services"),
+    ("list", "pods"), ("watch", "pods"), ("patch", "pods"), ("delete", "pods"), ("list", "nodes"),
+    ("watch", "nodes"), ("create", "events"), ("create", "secrets"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
-    ("create", "clusterkopfpeerings.kopf.dev"), ("patch", "kopfpeerings.kopf.dev"),
+
     ("create", "prometheusrules.monitoring.coreos.com"), ("watch", "namespaces"),
 ]
 REFUSED = [
     ("get", "secrets"), ("list", "secrets"), ("list", "configmaps"), ("create", "pods"),
     ("patch", "nodes"), ("delete", "nodes"), ("delete", "inferencedeployments.infleet.io"),
     ("create", "acceleratorpools.infleet.io"), ("delete", "acceleratorpools.infleet.io"),
-    ("delete", "services"), ("update", "deployments.apps"), ("list", "persistentvolumeclaims"),
-    ("delete", "persistentvolumeclaims"), ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ("delete", "services"), ("update", "deployments.apps"),
+    ("delete", "persistentvolumeclaims"), ("patch", "inferencedeployments.infleet.io"),
+    ("create", "clusterroles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"), ("create", "serviceaccounts/token"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"), ("delete", "events"),
     ("create", "leases.coordination.k8s.io"),
@@ -166,6 +168,12 @@ def test_serviceaccount_may_not(cluster: Any, ns: str, release: str, verb: str, 
     assert not can_i(cluster, ns, release, verb, resource)
 
 
+def test_leases_only_in_the_release_namespace(cluster: Any, ns: str, release: str) -> None:
+    for verb in ("get", "create", "patch"):
+        assert can_i(cluster, ns, release, verb, "leases.coordination.k8s.io", namespace=ns)
+    assert not can_i(cluster, ns, release, "patch", "leases.coordination.k8s.io", namespace="kube-system")
+
+
 def test_operator_runs_under_its_serviceaccount(cluster: Any, ns: str, release: str, tmp_path: Path) -> None:
     """The real operator, authenticated as the chart's ServiceAccount, reconciles a deployment with no 403.
 
@@ -181,12 +189,13 @@ def test_operator_runs_under_its_serviceaccount(cluster: Any, ns: str, release: 
     # Exactly the arguments the chart gave the operator's container, but ports free on this machine.
     container = kube_json(cluster, "-n", ns, "get", "deployment", f"{release}-infleet")["spec"]["template"]["spec"][
         "containers"][0]
-    args = [a for a in container["args"][1:] if not a.startswith(("--metrics-port=", "--liveness=", "--log-format="))]
+    args = [a for a in container["args"][1:]
+            if not a.startswith(("--metrics-port=", "--liveness-port=", "--bind-address=", "--log-format="))]
     assert f"--namespace={ns}" in args and "--peering=infleet" in args
     log = tmp_path / "operator.log"
     try:
         with operator_process(kubeconfig, log, *args, "--interval=2", f"--metrics-port={metrics_port}",
-                              f"--liveness=http://127.0.0.1:{health_port}/healthz") as proc:
+                              "--bind-address=127.0.0.1", f"--liveness-port={health_port}") as proc:
             def placed() -> bool:
                 assert proc.poll() is None, f"operator exited:\n{log.read_text()[-3000:]}"
                 out = cluster.kubectl("-n", ns, "get", "deployments.apps", "-l",
@@ -198,7 +207,12 @@ def test_operator_runs_under_its_serviceaccount(cluster: Any, ns: str, release: 
             status = wait_for("the InferenceDeployment's status", lambda: kube_json(
                 cluster, "-n", ns, "get", "inferencedeployments.infleet.io", "chat").get("status"), timeout=60)
             assert status.get("conditions"), status
-            kube_json(cluster, "-n", ns, "get", "kopfpeerings.kopf.dev", "infleet")
+            def holder() -> str:
+                res = cluster.kubectl("-n", ns, "get", "leases.coordination.k8s.io", "infleet", "-o",
+                                      "jsonpath={.spec.holderIdentity}", check=False)
+                return res.stdout.strip() if res.returncode == 0 else ""
+
+            assert wait_for("the operator to hold its Lease", holder, timeout=30)
             body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
             assert re.search(r'infleet_reconcile_total\{[^}]*result="success"[^}]*\} [1-9]', body), body[-2000:]
             urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5)
@@ -250,7 +264,7 @@ def test_uninstall_removes_everything_but_the_crds(cluster: Any, ns: str, releas
                  ("get", "clusterrolebinding", f"{release}-infleet")):
         res = cluster.kubectl(*args, check=False)
         assert res.returncode != 0 and "NotFound" in res.stderr, args
-    for crd in ("inferencedeployments.infleet.io", "acceleratorpools.infleet.io", "kopfpeerings.kopf.dev"):
+    for crd in ("inferencedeployments.infleet.io", "acceleratorpools.infleet.io"):
         assert cluster.kubectl("get", "crd", crd, check=False).returncode == 0, f"{crd} was deleted despite keep"
     assert not can_i(cluster, ns, release, "list", "pods")
     listed = helm(cluster, "list", "-n", ns, "-q").stdout.split()
