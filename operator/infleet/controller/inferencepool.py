@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from infleet.controller.kube import Kube, Obj, is_transient
 from infleet.controller.manifests import WORKER_PORT, Owner, selector_labels, service_name
+from infleet.controller.optional_api import OptionalApi, discovery_lists
 
 log = logging.getLogger("infleet.controller")
 
@@ -79,8 +80,7 @@ def render_inference_pool(owner: Owner, picker: EndpointPicker | None = None) ->
 
 def has_inference_pools(kube: Kube) -> bool:
     """Whether API discovery lists `inferencepools` in inference.networking.k8s.io/v1."""
-    found = kube.get(INFERENCE_API)
-    return found is not None and any(r.get("name") == INFERENCE_POOLS for r in found.get("resources") or [])
+    return discovery_lists(kube, INFERENCE_API, INFERENCE_POOLS)
 
 
 class InferencePools:
@@ -90,29 +90,16 @@ class InferencePools:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
         self.picker = picker or EndpointPicker()
-        self.recheck_s = recheck_s
-        self.clock = clock
-        self._available: bool | None = None
-        self._checked_at = float("-inf")
+        self.api = OptionalApi(
+            kube, INFERENCE_API, INFERENCE_POOLS,
+            found="InferencePool API found: publishing an InferencePool per InferenceDeployment",
+            missing=f"no {INFERENCE_GROUP}/{INFERENCE_VERSION} inferencepools API: InferencePools are skipped",
+            recheck_s=recheck_s, clock=clock,
+        )  # fmt: skip
         self._logged: set[str] = set()
 
     def api_available(self) -> bool:
-        now = self.clock()
-        if self._available is None or now - self._checked_at >= self.recheck_s:
-            try:
-                available = has_inference_pools(self.kube)
-            except ApiException as exc:
-                if not is_transient(exc):
-                    raise
-                return bool(self._available)  # keep the last answer through a blip
-            if available != self._available:
-                if available:
-                    log.info("InferencePool API found: publishing an InferencePool per InferenceDeployment")
-                else:
-                    log.info("no %s/%s inferencepools API: InferencePools are skipped", INFERENCE_GROUP,
-                             INFERENCE_VERSION)
-            self._available, self._checked_at = available, now
-        return bool(self._available)
+        return self.api.available()
 
     def sync(self, owner: Owner) -> Obj | None:
         """Apply the deployment's InferencePool; what was applied, or None when skipped or refused. Call it
@@ -127,7 +114,7 @@ class InferencePools:
             if is_transient(exc):
                 raise
             if exc.status == 404:  # the CRD went away since discovery: look again next time
-                self._checked_at = float("-inf")
+                self.api.recheck()
             if self._once(f"{owner.namespace}/{owner.name}:{exc.status}"):
                 log.warning("%s/%s: could not apply InferencePool %s: %s %s", owner.namespace, owner.name,
                             meta["name"], exc.status, exc.reason)

@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from infleet.controller.kube import Kube, Obj, is_transient
+from infleet.controller.optional_api import OptionalApi, discovery_lists
 from infleet.slo import PROMETHEUS_RULES_PLURAL, prometheus_rule_for
 
 log = logging.getLogger("infleet.controller")
@@ -51,8 +52,7 @@ def rule_path(namespace: str, name: str) -> str:
 
 def has_prometheus_rules(kube: Kube) -> bool:
     """Whether API discovery lists `prometheusrules` in monitoring.coreos.com/v1."""
-    found = kube.get(MONITORING_API)
-    return found is not None and any(r.get("name") == PROMETHEUS_RULES_PLURAL for r in found.get("resources") or [])
+    return discovery_lists(kube, MONITORING_API, PROMETHEUS_RULES_PLURAL)
 
 
 class SloRules:
@@ -60,28 +60,19 @@ class SloRules:
 
     def __init__(self, kube: Kube, recheck_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
-        self.recheck_s = recheck_s
-        self.clock = clock
-        self._available: bool | None = None
-        self._checked_at = float("-inf")
+        self.api = OptionalApi(
+            kube,
+            MONITORING_API,
+            PROMETHEUS_RULES_PLURAL,
+            found="PrometheusRule API found: keeping an SLO rule per InferenceDeployment",
+            missing="no monitoring.coreos.com/v1 prometheusrules API: SLO alert rules are skipped",
+            recheck_s=recheck_s,
+            clock=clock,
+        )
         self._logged: set[str] = set()
 
     def api_available(self) -> bool:
-        now = self.clock()
-        if self._available is None or now - self._checked_at >= self.recheck_s:
-            try:
-                available = has_prometheus_rules(self.kube)
-            except ApiException as exc:
-                if not is_transient(exc):
-                    raise
-                return bool(self._available)  # keep the last answer through a blip
-            if available != self._available:
-                if available:
-                    log.info("PrometheusRule API found: keeping an SLO rule per InferenceDeployment")
-                else:
-                    log.info("no monitoring.coreos.com/v1 prometheusrules API: SLO alert rules are skipped")
-            self._available, self._checked_at = available, now
-        return bool(self._available)
+        return self.api.available()
 
     def sync(self, body: Mapping[str, Any]) -> Obj | None:
         """Apply the deployment's rule; returns what was applied (None when skipped or refused)."""
@@ -89,7 +80,7 @@ class SloRules:
         meta = body.get("metadata") or {}
         key = f"{meta.get('namespace')}/{meta.get('name')}"
         if decision.rule is None:
-            if self._available and self._once(f"{key}:{decision.reason}"):
+            if self.api.known and self._once(f"{key}:{decision.reason}"):
                 log.warning("%s: %s", key, decision.reason)
             return None
         rmeta = decision.rule["metadata"]
@@ -99,7 +90,7 @@ class SloRules:
             if is_transient(exc):
                 raise
             if exc.status == 404:  # the CRD went away since discovery: look again next time
-                self._checked_at = float("-inf")
+                self.api.recheck()
             if self._once(f"{key}:{exc.status}"):
                 log.warning("%s: could not apply PrometheusRule %s: %s %s", key, rmeta["name"], exc.status, exc.reason)
             return None
