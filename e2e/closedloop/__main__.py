@@ -11,20 +11,22 @@ from pathlib import Path
 
 from closedloop.harness import REPO, Settings, local_cluster, scenario_run
 from closedloop.report import summarize, write
-from closedloop.scenarios import SCENARIOS
+from closedloop.scenarios import EXTRA_SCENARIOS, SCENARIOS
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="closedloop", description=__doc__)
-    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), help=f"any of: {', '.join(SCENARIOS)}")
+    known = {**SCENARIOS, **EXTRA_SCENARIOS}
+    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS),
+                        help=f"any of: {', '.join(known)} (default: {', '.join(SCENARIOS)})")
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "e2e", help="where report.json files go")
     parser.add_argument("--cold-start-scale", type=float, default=0.02,
                         help="each pool's coldStartSeconds is emulated times this (default 0.02: 90 s -> 1.8 s)")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the e2e cluster running afterwards")
     args = parser.parse_args()
-    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    unknown = [s for s in args.scenarios if s not in known]
     if unknown:
-        parser.error(f"unknown scenario(s) {unknown}; known: {sorted(SCENARIOS)}")
+        parser.error(f"unknown scenario(s) {unknown}; known: {sorted(known)}")
     settings = Settings(out_dir=args.out, cold_start_scale=args.cold_start_scale, keep_cluster=args.keep_cluster)
     failed = []
     with local_cluster(settings) as cluster:
@@ -32,7 +34,7 @@ def main() -> int:
             out_dir = args.out / name
             try:
                 with scenario_run(cluster, name, out_dir) as run:
-                    row = summarize(SCENARIOS[name](run))
+                    row = summarize(known[name](run))
             except (AssertionError, TimeoutError, RuntimeError) as exc:
                 print(f"e2e: {name} failed: {exc} (operator log: {out_dir / 'operator.log'})", file=sys.stderr)
                 failed.append(name)
@@ -40,7 +42,7 @@ def main() -> int:
             write(out_dir / "report.json", row, {"scenario": name, "cold_start_scale": args.cold_start_scale})
             print(json.dumps({k: row[k] for k in ("deployment", "requests", "served", "slo_attainment",
                                                   "p50_latency_s", "p99_latency_s", "p99_ttft_s", "lost",
-                                                  "duplicated", "scale_events")}))
+                                                  "duplicated", "rejected", "cut_mid_stream", "scale_events")}))
             if row["lost"] or row["duplicated"] or not row["served"]:
                 failed.append(name)
     if failed:
