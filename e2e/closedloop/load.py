@@ -43,9 +43,9 @@ class Shaping:
     duration_s: float  # real seconds replayed
     speedup: float  # trace seconds per real second
     rps: float  # the replay's mean rate after thinning
-    token_divisor: int = 16
-    max_prompt_words: int = 48
-    max_tokens: int = 24
+    token_divisor: int = 4
+    max_prompt_words: int = 48  # ~290 byte tokens: with max_tokens, within the worker's 512-token sequences
+    max_tokens: int = 96
 
 
 def read_trace(path: Path) -> list[TraceRow]:

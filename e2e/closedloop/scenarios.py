@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -28,6 +29,11 @@ STEADY = Shaping(start_s=600, duration_s=60, speedup=4, rps=3)
 BURST = Shaping(start_s=1200, duration_s=70, speedup=4, rps=2)
 BURST_FACTOR, BURST_FROM_S, BURST_TO_S = 3.0, 15.0, 45.0
 FAULT_LOAD = Shaping(start_s=1800, duration_s=40, speedup=4, rps=3)
+LENGTH = {"scale": 1.0}  # `--length-scale` stretches every trace scenario (benchmarks; CI runs 1.0)
+
+
+def stretched(shaping: Shaping) -> Shaping:
+    return dataclasses.replace(shaping, duration_s=shaping.duration_s * LENGTH["scale"])
 
 
 @functools.cache
@@ -178,11 +184,11 @@ def steady(run: Run) -> Outcome:
     wait_ready(run, name, 1)
     service = measure_service(run.ready_pod_ips(name)[0], "tiny-chat")
     (run.out_dir / "service.json").write_text(json.dumps({pool: service}, indent=1), encoding="utf-8")
-    arrivals = window(conv_trace(), STEADY)
+    arrivals = window(conv_trace(), stretched(STEADY))
     driven = drive(run, name, arrivals)
     save_replay(run, driven, arrivals, manifests)
     return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "azure-llm-2023-conv steady",
-                         {"shaping": vars(STEADY), "measured_service": service})
+                         {"shaping": vars(stretched(STEADY)), "measured_service": service})
 
 
 def _burst(run: Run, warm: int) -> Outcome:
@@ -195,14 +201,15 @@ def _burst(run: Run, warm: int) -> Outcome:
     run.apply_cluster_scoped(manifests[0])
     run.apply(manifests[1])
     wait_ready(run, name, 1, warm)
-    arrivals = step_burst(conv_trace(), BURST, BURST_FACTOR, BURST_FROM_S, BURST_TO_S)
+    k = LENGTH["scale"]
+    arrivals = step_burst(conv_trace(), stretched(BURST), BURST_FACTOR, BURST_FROM_S * k, BURST_TO_S * k)
     driven = drive(run, name, arrivals)
     save_replay(run, driven, arrivals, manifests)
-    recovery = recovery_s(driven.latency_points(), BURST_FROM_S, BURST.duration_s, P99_SLO_S)
+    recovery = recovery_s(driven.latency_points(), BURST_FROM_S * k, BURST.duration_s * k, P99_SLO_S)
+    burst = {"factor": BURST_FACTOR, "from_s": BURST_FROM_S * k, "to_s": BURST_TO_S * k}
     return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "azure-llm-2023-conv 3x step burst",
-                         {"shaping": vars(BURST), "burst": {"factor": BURST_FACTOR, "from_s": BURST_FROM_S,
-                                                            "to_s": BURST_TO_S},
-                          "warm_pool_size": warm, "p99_recovery_s": recovery})
+                         {"shaping": vars(stretched(BURST)), "burst": burst, "warm_pool_size": warm,
+                          "p99_recovery_s": recovery})
 
 
 def burst_warm(run: Run) -> Outcome:
@@ -241,7 +248,7 @@ def spot_reclaim(run: Run) -> Outcome:
     run.apply(trace_deployment(name, [spot, od], min_replicas=2, max_replicas=3))
     wait_ready(run, name, 2)
     try:
-        driven = drive(run, name, window(conv_trace(), FAULT_LOAD), faults=[
+        driven = drive(run, name, window(conv_trace(), stretched(FAULT_LOAD)), faults=[
             Fault(at_s=12, name="spot_reclaim", action=lambda: faults.reclaim_nodes(run, name, "cpu-spot"))])
     finally:
         faults.restore_nodes(run, "cpu-spot")
@@ -255,7 +262,7 @@ def operator_kill(run: Run) -> Outcome:
     run.apply_cluster_scoped(cpu_pool(pool))
     run.apply(trace_deployment(name, pool, min_replicas=2, max_replicas=3))
     wait_ready(run, name, 2)
-    driven = drive(run, name, window(conv_trace(), FAULT_LOAD), faults=[
+    driven = drive(run, name, window(conv_trace(), stretched(FAULT_LOAD)), faults=[
         Fault(at_s=10, name="operator_kill9", action=lambda: faults.kill_operator(run, down_s=5))])
     return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "azure-llm-2023-conv 3 rps, operator -9")
 
@@ -266,7 +273,7 @@ def worker_kill(run: Run) -> Outcome:
     run.apply_cluster_scoped(cpu_pool(pool))
     run.apply(trace_deployment(name, pool, min_replicas=2, max_replicas=2))
     wait_ready(run, name, 2)
-    driven = drive(run, name, window(conv_trace(), FAULT_LOAD), faults=[
+    driven = drive(run, name, window(conv_trace(), stretched(FAULT_LOAD)), faults=[
         Fault(at_s=10, name="worker_kill9", action=lambda: faults.kill_worker(run, name))])
     return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "azure-llm-2023-conv 3 rps, worker -9")
 
