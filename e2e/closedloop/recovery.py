@@ -32,3 +32,11 @@ def recovery_s(points: Sequence[tuple[float, float]], burst_at_s: float, end_s: 
     if last_bad == len(p99) - 1:
         return None
     return (last_bad + 1) * window_s - burst_at_s
+
+
+def scale_up_s(serving: Sequence[tuple[float, int]], burst_at_s: float) -> float | None:
+    """Seconds from the burst until more serving replicas are Ready than at its start (a warm pod promoted, or a
+    cold one started); None if the fleet never grew. ``serving``: (second, ready serving replicas) samples."""
+    before = [n for t, n in serving if t <= burst_at_s]
+    start = before[-1] if before else 0
+    return next((t - burst_at_s for t, n in serving if t > burst_at_s and n > start), None)

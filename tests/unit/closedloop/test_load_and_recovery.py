@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from closedloop.load import Shaping, TraceRow, read_trace, step_burst, thin, window
-from closedloop.recovery import recovery_s, windowed_p99
+from closedloop.recovery import recovery_s, scale_up_s, windowed_p99
 from closedloop.requests import Attempt, RequestLog
 from closedloop.timeline import Timeline
 
@@ -104,3 +104,9 @@ def test_timeline_series_and_replica_seconds() -> None:
     assert tl.scale_events() == 2
     assert tl.series(100.0)[1] == {"t_s": 2.0, "replicas": {"cpu/serving": 2, "cpu/warm": 1}}
     assert tl.serving_at(100.0) == [(0.0, 1), (2.0, 2), (4.0, 0)]
+
+
+def test_scale_up_is_the_first_sample_with_more_serving_replicas_than_at_the_burst() -> None:
+    serving = [(0.0, 1), (10.0, 1), (15.5, 1), (19.0, 2), (30.0, 3)]
+    assert scale_up_s(serving, burst_at_s=15.0) == pytest.approx(4.0)
+    assert scale_up_s([(0.0, 2), (20.0, 2)], burst_at_s=15.0) is None
