@@ -12,26 +12,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import yaml
 
+from closedloop.gateway import GatewayProcess
+from closedloop.waiting import free_port, wait_for
 from infleet_devcluster.cluster import LocalCluster, RunnerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO / ".cache" / "e2e-cluster"
 E2E_OFFSET_SHIFT = 30
 RUN_PODS = {"infleet.dev/run-pods": "true"}
-T = TypeVar("T")
+__all__ = ["REPO", "Run", "Settings", "free_port", "local_cluster", "scenario_run", "wait_for"]
 
 
 def e2e_port_offset() -> int:
@@ -39,23 +40,6 @@ def e2e_port_offset() -> int:
     if explicit:
         return int(explicit)
     return int(os.environ.get("INFLEET_CLUSTER_PORT_OFFSET", "0")) + E2E_OFFSET_SHIFT
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,18 +50,36 @@ class Settings:
 
 
 class Operator:
-    """`infleet run` scoped to one namespace, promoting warm workers over their real admin API."""
+    """`infleet run` scoped to one namespace, promoting warm workers over their real admin API and scaling on
+    the gateway's metrics (``gateway_url``: its ``/metrics``)."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, gateway_url: str | None = None) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
         self.log = log
-        cmd = [str(Path(sys.executable).parent / "infleet"), "run", "--kubeconfig", str(kubeconfig),
+        self.starts = 0
+        self.cmd = [str(Path(sys.executable).parent / "infleet"), "run", "--kubeconfig", str(kubeconfig),
                "--namespace", namespace, "--standalone", "--interval", "2", "--promotion-client", "http",
-               "--metrics-port", str(self.metrics_port),
-               "--bind-address", "127.0.0.1", "--liveness-port", str(self.health_port), "--log-format", "text"]
+               "--metrics-port", str(self.metrics_port), "--bind-address", "127.0.0.1",
+               "--liveness-port", str(self.health_port), "--log-format", "text"]
+        if gateway_url:
+            self.cmd += ["--gateway-url", gateway_url]
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        with log.open("wb") as fh:  # one log per run
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        self.starts += 1
+        with self.log.open("ab" if self.starts > 1 else "wb") as fh:  # one log per run, restarts appended
+            return subprocess.Popen(self.cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+    def kill9(self) -> None:
+        """SIGKILL, as a node failure or an OOM kill would: no shutdown path runs."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self) -> None:
+        if self.proc.poll() is None:
+            raise RuntimeError("the operator is still running")
+        self.proc = self._start()
 
     def wait_live(self, timeout: float = 60) -> None:
         def live() -> bool:
@@ -103,10 +105,13 @@ class Operator:
 class Run:
     """What a scenario gets: its own opted-in namespace, kubectl, the objects' state, and where to write."""
 
-    def __init__(self, cluster: LocalCluster, namespace: str, out_dir: Path) -> None:
+    def __init__(self, cluster: LocalCluster, namespace: str, out_dir: Path, operator: Operator,
+                 gateway: GatewayProcess) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.out_dir = out_dir
+        self.operator = operator
+        self.gateway = gateway
         self.cluster_scoped: list[tuple[str, str]] = []  # (kind, name) to delete when the run ends
 
     def apply_cluster_scoped(self, obj: dict[str, Any]) -> None:
@@ -128,15 +133,31 @@ class Run:
         got = self.get("pods", "-n", self.namespace, "-l", f"infleet.io/deployment={deployment}") or {"items": []}
         return [p for p in got["items"] if not p["metadata"].get("deletionTimestamp")]
 
-    def ready_pod_ips(self, deployment: str, role: str = "serving") -> list[str]:
+    @property
+    def openai_base_url(self) -> str:
+        """Where the scenario's clients send their requests: the gateway's OpenAI API."""
+        return f"{self.gateway.url}/v1"
+
+    def worker_pid(self, pod_name: str) -> int | None:
+        """The worker process the pod runner started for a pod (its ``pod-runner-workers.json``)."""
+        state = self.cluster.layout.run / "pod-runner-workers.json"
+        doc = json.loads(state.read_text()) if state.exists() else {}
+        entry = doc.get(f"{self.namespace}/{pod_name}") or {}
+        pid = entry.get("pid")
+        return int(pid) if pid else None
+
+    def ready_pods(self, deployment: str, role: str = "serving") -> list[dict[str, Any]]:
         out = []
         for p in self.pods(deployment):
             labels = p["metadata"].get("labels") or {}
             conds = p["status"].get("conditions") or []
             if labels.get("infleet.io/role") == role and any(
                     c["type"] == "Ready" and c["status"] == "True" for c in conds):
-                out.append(str(p["status"]["podIP"]))
+                out.append(p)
         return out
+
+    def ready_pod_ips(self, deployment: str, role: str = "serving") -> list[str]:
+        return [str(p["status"]["podIP"]) for p in self.ready_pods(deployment, role)]
 
 
 @contextlib.contextmanager
@@ -157,18 +178,22 @@ def local_cluster(settings: Settings) -> Iterator[LocalCluster]:
 
 @contextlib.contextmanager
 def scenario_run(cluster: LocalCluster, name: str, out_dir: Path) -> Iterator[Run]:
-    """A fresh opted-in namespace and an operator watching it; both removed afterwards (pods and workers too)."""
+    """A fresh opted-in namespace, a gateway and an operator watching it; all removed afterwards (pods and
+    workers too)."""
     ns = f"e2e-{name}-{uuid.uuid4().hex[:5]}"
     out_dir.mkdir(parents=True, exist_ok=True)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": RUN_PODS}}))
-    operator = Operator(cluster.layout.kubeconfig, ns, out_dir / "operator.log")
-    run = Run(cluster, ns, out_dir)
+    gateway = GatewayProcess(cluster.layout.kubeconfig, ns, out_dir / "gateway.log")
+    operator = Operator(cluster.layout.kubeconfig, ns, out_dir / "operator.log", gateway_url=gateway.metrics_url)
+    run = Run(cluster, ns, out_dir, operator, gateway)
     try:
+        gateway.wait_ready()
         operator.wait_live()
         yield run
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s", check=False)
         operator.stop()
+        gateway.stop()
         for kind, obj_name in run.cluster_scoped:
             cluster.kubectl("delete", kind, obj_name, "--wait=false", check=False)

@@ -27,6 +27,7 @@ class Outcome:
     requests: RequestLog
     timeline: Timeline
     wall_s: float
+    t0: float | None = None  # unix time the load started (timeline seconds count from it); None: first sample
     extra: Mapping[str, Any] = field(default_factory=dict)  # scenario-specific measurements, e.g. promotion_s
 
 
@@ -37,6 +38,7 @@ def _pct(values: list[float], q: float) -> float | None:
 def summarize(o: Outcome) -> dict[str, Any]:
     served = o.requests.served()
     n = len(o.requests.keys)
+    t0 = o.t0 if o.t0 is not None else (o.timeline.samples[0][0] if o.timeline.samples else 0.0)
 
     def met(latency: float | None, ttft: float | None) -> bool:
         if latency is None or latency > o.p99_latency_slo_s:
@@ -54,7 +56,7 @@ def summarize(o: Outcome) -> dict[str, Any]:
         "deployment": o.deployment,
         "requests": n,
         "served": len({a.key for a in served}),
-        "rejected": n - len({a.key for a in served}),
+        "rejected": o.requests.rejected(),  # 429 from the gateway: queue full or waited too long
         "slo_met": slo_met,
         "slo_attainment": slo_met / n if n else 1.0,
         "p50_latency_s": _pct([a.latency_s for a in served if a.latency_s is not None], 50),
@@ -70,7 +72,10 @@ def summarize(o: Outcome) -> dict[str, Any]:
         "simulated_s": o.wall_s,  # wall-clock seconds of the live run, under the simulator's key
         "lost": o.requests.lost(),
         "duplicated": o.requests.duplicated(),
+        "cut_mid_stream": o.requests.cut_mid_stream(),
+        "errors": o.requests.errors(),
         **o.extra,
+        "replicas_over_time": o.timeline.series(t0),
     }
 
 

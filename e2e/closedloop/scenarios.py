@@ -3,37 +3,64 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
+from closedloop import faults
+from closedloop.drive import Driven, Fault, drive
 from closedloop.harness import Run, wait_for
+from closedloop.load import AZURE_ATTRIBUTION, Arrival, Shaping, TraceRow, read_trace, step_burst, window
+from closedloop.recovery import recovery_s, scale_up_s
 from closedloop.report import Outcome
 from closedloop.requests import RequestLog
+from closedloop.service import measure_service
 from closedloop.timeline import recording
 
 CPU_PRICE_PER_DEVICE_HOUR = 0.357  # c7i.8xlarge $1.428/h over 4 slices of 8 vCPUs (examples/pools.yaml)
+SPOT_PRICE_PER_DEVICE_HOUR = 0.12  # about a third of on-demand, as spot usually is
+P99_SLO_S, TTFT_SLO_S = 1.0, 0.5  # the trace scenarios' SLO: tight enough that one replica's room matters
+STEADY = Shaping(start_s=600, duration_s=60, speedup=4, rps=3)
+BURST = Shaping(start_s=1200, duration_s=70, speedup=4, rps=2)
+BURST_FACTOR, BURST_FROM_S, BURST_TO_S = 3.0, 15.0, 45.0
+FAULT_LOAD = Shaping(start_s=1800, duration_s=40, speedup=4, rps=3)
+LENGTH = {"scale": 1.0}  # `--length-scale` stretches every trace scenario (benchmarks; CI runs 1.0)
 
 
-def cpu_pool(name: str, cold_start_s: int = 90) -> dict[str, Any]:
-    """A CPU pool on the simulated cpu-on-demand nodes, profiled for the tiny model class."""
+def stretched(shaping: Shaping) -> Shaping:
+    return dataclasses.replace(shaping, duration_s=shaping.duration_s * LENGTH["scale"])
+
+
+@functools.cache
+def conv_trace() -> tuple[TraceRow, ...]:
+    from infleet.sim.cli import TRACES  # where `infleet simulate` finds the shared traces
+
+    return tuple(read_trace(TRACES / "azure-llm-2023-conv.csv"))
+
+
+def cpu_pool(name: str, cold_start_s: int = 90, *, spot: bool = False) -> dict[str, Any]:
+    """A CPU pool on the simulated cpu-on-demand (or cpu-spot) nodes, profiled for the tiny model class."""
     return {
         "apiVersion": "infleet.io/v1alpha1", "kind": "AcceleratorPool", "metadata": {"name": name},
         "spec": {
-            "nodeSelector": {"karpenter.sh/nodepool": "cpu-on-demand"},
+            "nodeSelector": {"karpenter.sh/nodepool": "cpu-spot" if spot else "cpu-on-demand"},
             "accelerator": {"family": "cpu", "product": "c7i", "resourceName": "cpu", "devicesPerNode": 4,
                             "cpusPerDevice": 8, "memoryGiBPerDevice": 15},
-            "capacityType": "on-demand", "pricePerDeviceHourUSD": CPU_PRICE_PER_DEVICE_HOUR,
+            "capacityType": "spot" if spot else "on-demand",
+            "pricePerDeviceHourUSD": SPOT_PRICE_PER_DEVICE_HOUR if spot else CPU_PRICE_PER_DEVICE_HOUR,
             "coldStartSeconds": cold_start_s,
             "performanceProfiles": [{"modelClass": "llm-0.5b", "tokensPerSecond": 60, "requestsPerSecond": 2,
-                                     "latencyBoundMs": 3000}],
+                                     "latencyBoundMs": 800}],
         },
     }
 
 
-def tiny_deployment(name: str, pool: str, *, min_replicas: int = 1, max_replicas: int = 2,
+def tiny_deployment(name: str, pool: str | Sequence[str], *, min_replicas: int = 1, max_replicas: int = 2,
                     p99_ms: int = 3000, ttft_ms: int = 800) -> dict[str, Any]:
     return {
         "apiVersion": "infleet.io/v1alpha1", "kind": "InferenceDeployment", "metadata": {"name": name},
@@ -41,7 +68,7 @@ def tiny_deployment(name: str, pool: str, *, min_replicas: int = 1, max_replicas
             "model": {"name": "tiny-chat", "source": "builtin://tiny", "parametersBillions": 0.5, "families": ["cpu"],
                       "modelClass": "llm-0.5b"},
             "slo": {"p99LatencyMs": p99_ms, "ttftP99Ms": ttft_ms},
-            "placement": {"families": ["cpu"], "pools": [pool]},
+            "placement": {"families": ["cpu"], "pools": [pool] if isinstance(pool, str) else list(pool)},
             "scaling": {"minReplicas": min_replicas, "maxReplicas": max_replicas},
             "warmPool": {"mode": "Off"},
         },
@@ -108,4 +135,153 @@ def warm_promotion(run: Run) -> Outcome:
                    extra={"promotion_s": promotion_s, "promoted_worker_state": state})
 
 
-SCENARIOS: dict[str, Callable[[Run], Outcome]] = {"smoke": smoke, "warm-promotion": warm_promotion}
+def trace_deployment(name: str, pools: str | Sequence[str], *, min_replicas: int, max_replicas: int,
+                     warm: int = 0) -> dict[str, Any]:
+    """The tiny model under the trace scenarios' SLO, scaling down within seconds (the runs are short)."""
+    d = tiny_deployment(name, pools, min_replicas=min_replicas, max_replicas=max_replicas,
+                        p99_ms=int(P99_SLO_S * 1000), ttft_ms=int(TTFT_SLO_S * 1000))
+    d["spec"]["scaling"].update({"scaleDownStabilizationSeconds": 15, "scaleToZeroAfterSeconds": 10})
+    d["spec"]["placement"]["fallbackAfterSeconds"] = 5
+    if warm:
+        d["spec"]["warmPool"] = {"mode": "Fixed", "size": warm}
+    return d
+
+
+def wait_ready(run: Run, name: str, serving: int, warm: int = 0, timeout: float = 180) -> None:
+    wait_for(f"{serving} Ready serving and {warm} warm pods of {name}",
+             lambda: len(run.ready_pods(name)) >= serving and len(run.ready_pods(name, "warm")) >= warm, timeout)
+
+
+def trace_outcome(run: Run, name: str, driven: Driven, pools: dict[str, float], trace: str,
+                  extra: dict[str, Any] | None = None) -> Outcome:
+    return Outcome(deployment=name, trace=trace, p99_latency_slo_s=P99_SLO_S, ttft_slo_s=TTFT_SLO_S,
+                   price_per_replica_hour=pools, requests=driven.log, timeline=driven.timeline,
+                   wall_s=driven.wall_s, t0=driven.t0,
+                   extra={"trace_attribution": AZURE_ATTRIBUTION, "faults": driven.faults, **(extra or {})})
+
+
+def save_replay(run: Run, driven: Driven, arrivals: Sequence[Arrival], manifests: Sequence[dict[str, Any]]) -> None:
+    """What the sim-to-real comparison replays: the requests as the worker counted their tokens, and the pool and
+    deployment manifests (``replay.json``)."""
+    served = {a.key: a for a in driven.log.served()}
+    rows = []
+    for i, arr in enumerate(arrivals):
+        a = served.get(driven.keys.get(i, ""))
+        rows.append({"at_s": arr.at_s, "prompt_tokens": a.prompt_tokens if a else None,
+                     "completion_tokens": a.completion_tokens if a else arr.max_tokens})
+    doc = {"requests": rows, "manifests": list(manifests), "slo": {"p99_s": P99_SLO_S, "ttft_s": TTFT_SLO_S},
+           "serving_over_time": driven.timeline.serving_at(driven.t0)}
+    (run.out_dir / "replay.json").write_text(json.dumps(doc), encoding="utf-8")
+
+
+def steady(run: Run) -> Outcome:
+    """A minute of the conversational trace (4x compressed, thinned to 3 rps) through the gateway; first, the
+    tiny worker's service model is measured on one replica (``service.json``, for the sim-to-real replay)."""
+    pool, name = f"{run.namespace}-cpu", "steady"
+    manifests = [cpu_pool(pool), trace_deployment(name, pool, min_replicas=1, max_replicas=3)]
+    run.apply_cluster_scoped(manifests[0])
+    run.apply(manifests[1])
+    wait_ready(run, name, 1)
+    service = measure_service(run.ready_pod_ips(name)[0], "tiny-chat")
+    (run.out_dir / "service.json").write_text(json.dumps({pool: service}, indent=1), encoding="utf-8")
+    arrivals = window(conv_trace(), stretched(STEADY))
+    driven = drive(run, name, arrivals)
+    save_replay(run, driven, arrivals, manifests)
+    return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "azure-llm-2023-conv steady",
+                         {"shaping": vars(stretched(STEADY)), "measured_service": service})
+
+
+def _burst(run: Run, warm: int) -> Outcome:
+    """The trace at 2 rps, stepping to 3x between 15 s and 45 s; the pool declares a 600 s cold start (emulated
+    times the cold-start scale) so a warm pod's promotion and a cold start differ."""
+    name = "burst"
+    pool = f"{run.namespace}-cpu"
+    manifests = [cpu_pool(pool, cold_start_s=600),
+                 trace_deployment(name, pool, min_replicas=1, max_replicas=4, warm=warm)]
+    run.apply_cluster_scoped(manifests[0])
+    run.apply(manifests[1])
+    wait_ready(run, name, 1, warm)
+    k = LENGTH["scale"]
+    arrivals = step_burst(conv_trace(), stretched(BURST), BURST_FACTOR, BURST_FROM_S * k, BURST_TO_S * k)
+    driven = drive(run, name, arrivals)
+    save_replay(run, driven, arrivals, manifests)
+    recovery = recovery_s(driven.latency_points(), BURST_FROM_S * k, BURST.duration_s * k, P99_SLO_S)
+    grew = scale_up_s(driven.timeline.serving_at(driven.t0), BURST_FROM_S * k)
+    burst = {"factor": BURST_FACTOR, "from_s": BURST_FROM_S * k, "to_s": BURST_TO_S * k}
+    return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "azure-llm-2023-conv 3x step burst",
+                         {"shaping": vars(stretched(BURST)), "burst": burst, "warm_pool_size": warm,
+                          "p99_recovery_s": recovery, "scale_up_after_burst_s": grew})
+
+
+def burst_warm(run: Run) -> Outcome:
+    return _burst(run, warm=1)
+
+
+def burst_cold(run: Run) -> Outcome:
+    return _burst(run, warm=0)
+
+
+def scale_from_zero(run: Run) -> Outcome:
+    """minReplicas 0: with no traffic the deployment scales to zero; 12 requests arrive, are held at the gateway
+    while no replica is ready, and are served after the emulated cold start (300 s declared); then it scales
+    back to zero."""
+    pool, name = f"{run.namespace}-cpu", "zero"
+    run.apply_cluster_scoped(cpu_pool(pool, cold_start_s=300))
+    run.apply(trace_deployment(name, pool, min_replicas=0, max_replicas=2))
+    wait_for("no pod of the idle deployment", lambda: not run.pods(name) or None, timeout=120)
+    arrivals = [Arrival(at_s=i * 0.5, prompt_words=12, max_tokens=16) for i in range(12)]
+    driven = drive(run, name, arrivals, timeout_s=180)
+    served = driven.log.served()
+    first = min((a.sent_at - driven.t0 + (a.latency_s or 0) for a in served), default=None)
+    t_idle = time.monotonic()
+    wait_for("scale back to zero", lambda: not run.ready_pods(name) or None, timeout=120, every=1)
+    return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "12 requests at 2 rps from zero",
+                         {"emulated_cold_start_declared_s": 300, "first_answer_after_s": first,
+                          "back_to_zero_after_load_s": round(time.monotonic() - t_idle, 1)})
+
+
+def spot_reclaim(run: Run) -> Outcome:
+    """Two replicas on the cheaper spot pool under 3 rps; 12 s in, every cpu-spot node is reclaimed (deleted with
+    its pods): the gateway retries what had not started streaming, the operator falls back to on-demand."""
+    spot, od, name = f"{run.namespace}-spot", f"{run.namespace}-od", "spot"
+    run.apply_cluster_scoped(cpu_pool(spot, spot=True))
+    run.apply_cluster_scoped(cpu_pool(od))
+    run.apply(trace_deployment(name, [spot, od], min_replicas=2, max_replicas=3))
+    wait_ready(run, name, 2)
+    try:
+        driven = drive(run, name, window(conv_trace(), stretched(FAULT_LOAD)), faults=[
+            Fault(at_s=12, name="spot_reclaim", action=lambda: faults.reclaim_nodes(run, name, "cpu-spot"))])
+    finally:
+        faults.restore_nodes(run, "cpu-spot")
+    return trace_outcome(run, name, driven, {spot: SPOT_PRICE_PER_DEVICE_HOUR, od: CPU_PRICE_PER_DEVICE_HOUR},
+                         "azure-llm-2023-conv 3 rps, spot reclaim")
+
+
+def operator_kill(run: Run) -> Outcome:
+    """The operator gets SIGKILL 10 s into 3 rps and is restarted 5 s later: the fleet keeps serving."""
+    pool, name = f"{run.namespace}-cpu", "opkill"
+    run.apply_cluster_scoped(cpu_pool(pool))
+    run.apply(trace_deployment(name, pool, min_replicas=2, max_replicas=3))
+    wait_ready(run, name, 2)
+    driven = drive(run, name, window(conv_trace(), stretched(FAULT_LOAD)), faults=[
+        Fault(at_s=10, name="operator_kill9", action=lambda: faults.kill_operator(run, down_s=5))])
+    return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "azure-llm-2023-conv 3 rps, operator -9")
+
+
+def worker_kill(run: Run) -> Outcome:
+    """One of two serving workers gets SIGKILL 10 s into 3 rps; its container restarts."""
+    pool, name = f"{run.namespace}-cpu", "wkill"
+    run.apply_cluster_scoped(cpu_pool(pool))
+    run.apply(trace_deployment(name, pool, min_replicas=2, max_replicas=2))
+    wait_ready(run, name, 2)
+    driven = drive(run, name, window(conv_trace(), stretched(FAULT_LOAD)), faults=[
+        Fault(at_s=10, name="worker_kill9", action=lambda: faults.kill_worker(run, name))])
+    return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "azure-llm-2023-conv 3 rps, worker -9")
+
+
+SCENARIOS: dict[str, Callable[[Run], Outcome]] = {
+    "steady": steady, "burst-warm": burst_warm, "burst-cold": burst_cold, "scale-from-zero": scale_from_zero,
+    "spot-reclaim": spot_reclaim, "operator-kill": operator_kill, "worker-kill": worker_kill,
+}
+EXTRA_SCENARIOS: dict[str, Callable[[Run], Outcome]] = {"smoke": smoke, "warm-promotion": warm_promotion}
+FAULT_SCENARIOS = {"spot-reclaim", "operator-kill", "worker-kill", "scale-from-zero"}

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from closedloop.harness import Run
 
@@ -27,6 +28,15 @@ class Timeline:
     def scale_events(self) -> int:
         """How many times the set of ready replicas per (pool, role) changed."""
         return sum(1 for (_, a), (_, b) in zip(self.samples, self.samples[1:], strict=False) if a != b)
+
+    def series(self, t0: float) -> list[dict[str, Any]]:
+        """The samples for report.json: seconds since ``t0`` and ready pods per ``pool/role``."""
+        return [{"t_s": round(t - t0, 2), "replicas": {f"{p}/{r}": n for (p, r), n in sorted(c.items())}}
+                for t, c in self.samples]
+
+    def serving_at(self, t0: float) -> list[tuple[float, int]]:
+        """(seconds since ``t0``, ready serving pods over all pools): what the sim-to-real plot draws."""
+        return [(t - t0, sum(n for (_, r), n in c.items() if r == "serving")) for t, c in self.samples]
 
 
 def sample(run: Run, deployment: str) -> dict[tuple[str, str], int]:
