@@ -76,6 +76,7 @@ class _Waiter:
     prefix_key: str | None
     exclude: frozenset[str]
     arrived_s: float
+    held_until_s: float | None = None  # last time this waiter saw the deployment with no serving replica
 
 
 class Admission:
@@ -142,9 +143,15 @@ class Admission:
             self._set_depth(key)
 
     def _deadline(self, dep: Deployment, waiter: _Waiter) -> float:
-        serving = dep.serving_count(self.clock(), probe_gates_ready=self.config.probe_gates_ready)
-        wait = self.config.queue_timeout_s(dep) if serving else self.config.cold_start_timeout_s
-        return waiter.arrived_s + wait
+        """A request held while no replica served (a scale from zero, a fallback's cold start) gets the SLO-derived
+        queue wait from when a replica serves again, not from its arrival: it waited for capacity, not in line."""
+        now = self.clock()
+        serving = dep.serving_count(now, probe_gates_ready=self.config.probe_gates_ready)
+        if not serving:
+            waiter.held_until_s = now
+            return waiter.arrived_s + self.config.cold_start_timeout_s
+        start = max(waiter.arrived_s, waiter.held_until_s or waiter.arrived_s)
+        return start + self.config.queue_timeout_s(dep)
 
     def retry_after_s(self, dep: Deployment) -> int:
         return max(1, math.ceil(self.config.queue_timeout_s(dep)))

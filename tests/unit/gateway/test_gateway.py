@@ -142,6 +142,30 @@ def test_scale_from_zero_holds_requests_until_a_replica_is_ready_and_serves_each
     run(main)
 
 
+def test_requests_held_through_a_cold_start_get_their_queue_wait_from_when_a_replica_serves() -> None:
+    """Held longer than the SLO-derived queue wait, they must not all time out the moment one small replica appears:
+    the wait starts when the deployment serves again (found by the closed-loop scale-from-zero scenario)."""
+
+    async def main() -> None:
+        late = FakeReplica("late", chunk_delay_s=0.2)  # ~0.6 s per request, 2 at a time: ~1.8 s for 6
+        table = table_with([])
+        config = AdmissionConfig(probe_gates_ready=False, default_queue_timeout_s=3.0, default_max_in_flight=2)
+        async with running_gateway(table, admission=config) as (base, gw), aiohttp.ClientSession() as s:
+            burst = [asyncio.create_task(post(s, base + "/v1/completions", {"model": "m", "prompt": str(i),
+                                                                       "stream": True}))
+                     for i in range(6)]  # fmt: skip
+            while gw.admission.queue_depth(("ns", "dep")) < 6:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(3.5)  # held longer than the queue wait
+            await late.start()
+            table.upsert_replica(("ns", "dep"), ReplicaSpec(replica_id="late", url=late.url, pool="p", ready=True))
+            results = await asyncio.gather(*burst)
+            assert [r[0] for r in results] == [200] * 6
+        await late.stop()
+
+    run(main)
+
+
 def test_a_failure_before_the_first_byte_is_retried_on_another_replica() -> None:
     async def main() -> None:
         for behaviour in ("503", "reset"):
