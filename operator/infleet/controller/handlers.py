@@ -1,8 +1,9 @@
 """The operator's wiring: watches feed an index and a reconcile queue; the elected leader's workers reconcile.
 
-kopf runs the process (login, start-up and clean-up, liveness) and delivers InferenceDeployment and AcceleratorPool
-events; informers (:mod:`infleet.controller.informer`) watch the Pods and Nodes of the whole cluster (device use is
-cluster-wide, whatever namespaces the operator serves), the worker Deployments and the PersistentVolumeClaims. Every
+kopf runs the process (login, start-up and clean-up, liveness) and delivers InferenceDeployment events; informers
+(:mod:`infleet.controller.informer`) watch the AcceleratorPools, the Pods and Nodes of the whole cluster (device use
+is cluster-wide, whatever namespaces the operator serves), the worker Deployments and the PersistentVolumeClaims;
+reconciles start only once every informer has delivered its first listing. Every
 event lands in the :class:`~infleet.controller.index.ClusterIndex`, which says which deployments it concerns; those
 keys go to the :class:`~infleet.controller.workqueue.WorkQueue`. A reconcile reads only the index (no LIST per
 pass), writes only what changed, and asks to run again after the autoscaler's period (Auto mode with scraping) or
@@ -263,6 +264,9 @@ def informers_for(ctx: Context) -> list[Informer]:
         Informer(ctx.kube, "Pod", "/api/v1/pods", handler,
                  query={"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"}),
         Informer(ctx.kube, "Node", "/api/v1/nodes", handler),
+        # Pools through an informer too (not kopf): reconciles start only once every pool is known, or a restarted
+        # operator would find "no pool" for a moment and remove what serves.
+        Informer(ctx.kube, "AcceleratorPool", f"/apis/{GROUP}/{VERSION}/{POOLS}", handler),
     ]  # fmt: skip
     scopes = [f"/namespaces/{ns}" for ns in ctx.namespaces] or [""]
     for scope in scopes:
@@ -313,9 +317,6 @@ def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def deployment_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         on_event(ctx, "InferenceDeployment", event.get("type"), dict(body))
 
-    def pool_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
-        on_event(ctx, "AcceleratorPool", event.get("type"), dict(body))
-
     def startup(**_: Any) -> None:
         threading.Thread(target=start, args=(ctx,), name="operator-start", daemon=True).start()
 
@@ -335,7 +336,6 @@ def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     kopf.on.cleanup(registry=registry, id="stop")(cleanup)
     kopf.on.probe(registry=registry, id="index")(probe)
     kopf.on.event(GROUP, VERSION, DEPLOYMENTS, registry=registry, id="deployments")(deployment_event)
-    kopf.on.event(GROUP, VERSION, POOLS, registry=registry, id="pools")(pool_event)
 
 
 def connection_info(kube: Kube, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:

@@ -61,6 +61,7 @@ class Informer:
         seen: set[tuple[str, str]] = set()
         for item in listing.get("items") or []:
             item.setdefault("kind", self.kind)
+            item.setdefault("apiVersion", listing.get("apiVersion", "v1"))
             seen.add(_key(item))
             self.handler(self.kind, "ADDED", item)
         for namespace, name in self.known - seen:

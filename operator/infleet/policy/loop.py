@@ -146,10 +146,16 @@ def decide(obs: Observation, state: LoopState, settings: LoopSettings = LoopSett
     if obs.waiting_for is not None:
         return _waiting(obs, state), state
     infd = obs.deployment
+    missing_now = candidate_pools(infd, {n: v.pool for n, v in obs.pools.items()})[1]
+    if missing_now:
+        # Named pools that do not exist: say so and change nothing (a pool deleted by mistake, or one not yet
+        # created, must not cost the replicas that serve).
+        why = f"placement names AcceleratorPool(s) that do not exist: {', '.join(missing_now)}"
+        return _waiting(dataclasses.replace(obs, waiting_for=why), state, reason="PoolNotFound"), state
     smoothed = smooth_mix(state.mix, obs.mix)
     mix = smoothed or DEFAULT_MIX
     api_pools = {name: view.pool for name, view in obs.pools.items()}
-    chosen, missing = candidate_pools(infd, api_pools)
+    chosen, _ = candidate_pools(infd, api_pools)
     choices = [choose(p, infd, mix, mix_measured=smoothed is not None) for p in chosen]
     usable = [c for c in choices if c.capacity_rps > 0]
     serving_pods = {p: r.pods for p, r in obs.replicas.items() if r.pods.total}
@@ -186,7 +192,7 @@ def decide(obs: Observation, state: LoopState, settings: LoopSettings = LoopSett
     promote, retire = plan_promotion(obs, desired, request.offers) if settings.promote else ((), ())
     if not settings.promote:
         retire = plan_promotion(obs, desired, request.offers)[1]
-    conds, budget_note = _conditions(obs, choices, missing, request, plan, desired, ready)
+    conds, budget_note = _conditions(obs, choices, request, plan, desired, ready)
     decision, events = _decision_record(obs, state, saturated, target, plan, step, conds)
     load_rps = obs.load.arrival_rate_rps if obs.load is not None else request.demand_rps
     rows, efficiency = _with_efficiency(
@@ -444,12 +450,17 @@ def plan_promotion(
 # -- conditions and the decision record ------------------------------------------------------------------------
 
 
-def _waiting(obs: Observation, state: LoopState) -> Plan:
+def _waiting(obs: Observation, state: LoopState, reason: str = "ModelClaimNotFound") -> Plan:
     message = obs.waiting_for or ""
     total = sum(r.pods.total for r in obs.replicas.values())
     ready = sum(r.pods.ready for r in obs.replicas.values())
     conds = (
-        Cond("Placed", "False", "ModelClaimNotFound", message),
+        Cond(
+            "Placed",
+            "False",
+            reason,
+            message + ("; nothing is changed until then" if reason != "ModelClaimNotFound" else ""),
+        ),
         ready_condition(total, ready, placed=False) if total else _cond("Ready", "False", "NotPlaced", message),
     )
     return Plan(
@@ -468,7 +479,6 @@ def _cond(type_: str, status: ConditionStatus, reason: str, message: str) -> Con
 def _conditions(
     obs: Observation,
     choices: list[PoolChoice],
-    missing: list[str],
     request: PlacementRequest,
     plan: PlacementPlan | None,
     desired: Mapping[str, int],
@@ -480,14 +490,7 @@ def _conditions(
     cheapest = _cheapest_meeting_slo(request) if unmet and budget is not None else None
     budget_bound = cheapest is not None and budget is not None and cheapest > budget + 1e-9
     placed_ok = plan is not None and plan.status in ("ok", "idle")
-    if missing:
-        placed = _cond(
-            "Placed",
-            "False",
-            "PoolNotFound",
-            f"placement names AcceleratorPool(s) that do not exist: {', '.join(missing)}",
-        )
-    elif plan is None or plan.status == "no_fitting_pool":
+    if plan is None or plan.status == "no_fitting_pool":
         detail = (
             "; ".join(f"{c.pool.metadata.name}: {c.why_not}" for c in choices)
             or "no AcceleratorPool of an allowed family exists"

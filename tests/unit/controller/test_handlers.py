@@ -25,7 +25,7 @@ def test_no_handler_puts_a_finalizer_on_anything() -> None:
         *registry._changing.get_all_handlers(),
         *registry._spawning.get_all_handlers(),
     ]
-    assert {str(h.id) for h in registry._watching.get_all_handlers()} == {"deployments", "pools"}
+    assert {str(h.id) for h in registry._watching.get_all_handlers()} == {"deployments"}  # pools: an informer
     assert not any(getattr(h, "requires_finalizer", False) for h in handlers)
 
 

@@ -72,8 +72,10 @@ def test_first_decision_places_the_declared_load_cheapest_and_records_it() -> No
 
 
 def test_missing_pools_and_no_fitting_pool_are_explained() -> None:
-    plan, _ = decide(obs(make_infd(placement={"pools": ["l4-spot", "ghost"]})), LoopState())
+    plan, _ = decide(obs(make_infd(placement={"pools": ["l4-spot", "ghost"]}), replicas=running("l4-spot", 2)),
+                     LoopState())  # fmt: skip
     assert cond(plan, "Placed") == ("False", "PoolNotFound")
+    assert plan.touch_workloads is False  # a missing pool changes nothing: what serves keeps serving
     tight = make_infd(slo={"p99LatencyMs": 500, "throughput": {"requestsPerSecond": 5}})
     plan, _ = decide(obs(tight), LoopState())
     status, reason = cond(plan, "Placed")
