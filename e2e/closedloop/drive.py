@@ -46,8 +46,9 @@ class Driven:
 
 
 def drive(run: Run, deployment: str, arrivals: Sequence[Arrival], faults: Sequence[Fault] = (),
-          timeout_s: float = 120) -> Driven:
-    """Replay ``arrivals`` through the gateway with the OpenAI SDK, faults at their times; waits for every answer."""
+          timeout_s: float = 120, settle: Callable[[], object] | None = None) -> Driven:
+    """Replay ``arrivals`` through the gateway with the OpenAI SDK, faults at their times; waits for every answer,
+    then for ``settle`` (e.g. the scale back to zero), still recording replicas."""
     log = RequestLog()
     results: dict[str, Any] = {}
     keys: dict[int, str] = {}
@@ -74,6 +75,8 @@ def drive(run: Run, deployment: str, arrivals: Sequence[Arrival], faults: Sequen
         for t in threads:
             t.join(timeout=120)
         wall = time.monotonic() - t0
+        if settle is not None:
+            settle()
     log.close()
     failed = {k: v["error"] for k, v in results.items() if "error" in v}
     if failed:

@@ -230,14 +230,19 @@ def scale_from_zero(run: Run) -> Outcome:
     run.apply(trace_deployment(name, pool, min_replicas=0, max_replicas=2))
     wait_for("no pod of the idle deployment", lambda: not run.pods(name) or None, timeout=120)
     arrivals = [Arrival(at_s=i * 0.5, prompt_words=12, max_tokens=16) for i in range(12)]
-    driven = drive(run, name, arrivals, timeout_s=180)
+    idle: dict[str, float] = {}
+
+    def back_to_zero() -> None:
+        t = time.monotonic()
+        wait_for("scale back to zero", lambda: not run.ready_pods(name) or None, timeout=120, every=1)
+        idle["zero_after_s"] = time.monotonic() - t
+
+    driven = drive(run, name, arrivals, timeout_s=180, settle=back_to_zero)
     served = driven.log.served()
     first = min((a.sent_at - driven.t0 + (a.latency_s or 0) for a in served), default=None)
-    t_idle = time.monotonic()
-    wait_for("scale back to zero", lambda: not run.ready_pods(name) or None, timeout=120, every=1)
     return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "12 requests at 2 rps from zero",
                          {"emulated_cold_start_declared_s": 300, "first_answer_after_s": first,
-                          "back_to_zero_after_load_s": round(time.monotonic() - t_idle, 1)})
+                          "back_to_zero_after_load_s": round(idle["zero_after_s"], 1)})
 
 
 def spot_reclaim(run: Run) -> Outcome:
