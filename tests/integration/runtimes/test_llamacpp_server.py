@@ -158,15 +158,16 @@ def test_sigterm_drains_the_request_in_flight(checkpoint: TinyCheckpoint, tmp_pa
     result: list[object] = []
 
     def ask() -> None:
-        # End-of-text banned, so the request runs its full length (400 tokens: a few seconds here).
+        # End-of-text banned, so the request runs its full length: 2,000 tokens, nearly the rendered 2,048-token
+        # context, so it is still running at SIGTERM on a fast machine (400 tokens finished inside the 0.5 s wait).
         result.append(s.client().completions.create(
-            model="tiny", prompt="The quick brown fox", max_tokens=400, temperature=0,
+            model="tiny", prompt="The quick brown fox", max_tokens=2000, temperature=0,
             logit_bias={str(t): -100 for t in checkpoint.eos_ids}))
 
     try:
         asker = threading.Thread(target=ask)
         asker.start()
-        time.sleep(0.5)
+        time.sleep(0.3)
         assert asker.is_alive(), "the request finished before SIGTERM: nothing was in flight"
         s.process.send_signal(signal.SIGTERM)
         asker.join(120)
@@ -175,6 +176,6 @@ def test_sigterm_drains_the_request_in_flight(checkpoint: TinyCheckpoint, tmp_pa
         stop(s)
     assert result, "the in-flight request failed"
     completion = result[0]
-    assert completion.usage is not None and completion.usage.completion_tokens == 400  # type: ignore[attr-defined]
+    assert completion.usage is not None and completion.usage.completion_tokens == 2000  # type: ignore[attr-defined]
     text = log.read_text()
     assert text.index("Shutting down") < text.index('"POST /v1/completions HTTP/1.1" 200') < text.index("Finished")
