@@ -21,6 +21,13 @@ REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "infleet"
 
 
+def apply_crds(cluster: Any) -> None:
+    """Apply crds/ as the other suites do, so a chart module passes on its own and in any order."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/inferencedeployments.infleet.io", "crd/acceleratorpools.infleet.io")
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
@@ -104,6 +111,7 @@ def pool_manifest(name: str, nodepool: str = "cpu-on-demand") -> dict[str, Any]:
             "accelerator": {"family": "cpu", "product": "c7i", "resourceName": "cpu", "devicesPerNode": 4,
                             "cpusPerDevice": 8, "memoryGiBPerDevice": 15},
             "capacityType": "on-demand", "pricePerDeviceHourUSD": 0.357, "coldStartSeconds": 90,
+            "power": {"typicalWattsPerDevice": 25},
             "performanceProfiles": [{"modelClass": "llm-0.5b", "tokensPerSecond": 60, "requestsPerSecond": 2,
                                      "latencyBoundMs": 3000}],
         },
@@ -117,7 +125,7 @@ def deployment_manifest(namespace: str, name: str, pool: str, source: str = "bui
         "spec": {
             "model": {"name": "tiny", "source": source, "parametersBillions": 0.5, "families": ["cpu"],
                       "modelClass": "llm-0.5b"},
-            "slo": {"p99LatencyMs": 3000, "ttftP99Ms": 800},
+            "slo": {"p99LatencyMs": 3000, "ttftP99Ms": 800, "throughput": {"requestsPerSecond": 1}},
             "placement": {"families": ["cpu"], "pools": [pool]},
             "scaling": {"minReplicas": 1, "maxReplicas": 2},
         },

@@ -29,6 +29,7 @@ from infleet.slo import burn_rate_alerts, operator_alerts, recording_rules, rule
 from infleet.slo.render import to_yaml
 from tests.integration.chart.chart_cluster import (
     CHART,
+    apply_crds,
     cleanup,
     deployment_manifest,
     free_port,
@@ -64,6 +65,7 @@ def stack(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         pytest.skip("prometheus not installed (apt-get install prometheus); CI installs it")
     tmp = tmp_path_factory.mktemp("dash")
     ns, pool = unique("chart-dash"), unique("dash-cpu")
+    apply_crds(cluster)
     cluster.kubectl("create", "namespace", ns)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pool_manifest(pool)))
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(deployment_manifest(ns, "chat", pool)))

@@ -21,6 +21,7 @@ import yaml
 
 from tests.integration.chart.chart_cluster import (
     CHART,
+    apply_crds,
     cleanup,
     deployment_manifest,
     free_port,
@@ -41,11 +42,7 @@ MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}  # no Prom
 
 @pytest.fixture(scope="module")
 def ns(cluster: Any) -> Iterator[str]:
-    # The dry-run tests run before the install and need the CRDs: apply them as the other suites do, so the
-    # module passes on its own and in any order (the install then takes them over, as the docstring says).
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART.parents[1] / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/inferencedeployments.infleet.io", "crd/acceleratorpools.infleet.io")
+    apply_crds(cluster)  # the dry-run tests run before the install; the install then takes the CRDs over
     name = unique("chart-it")
     cluster.kubectl("create", "namespace", name)
     yield name
