@@ -88,3 +88,25 @@ def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
             _merge(into[k], v)
         else:
             into[k] = copy.deepcopy(v)
+
+
+class FakeOptionalApiKube:
+    """Discovery and apply only: what an optional-API applier (`SloRules`, `InferencePools`) uses."""
+
+    def __init__(self, api: str, resources: list[str] | None, apply_error: int | None = None) -> None:
+        self.api = api
+        self.resources = resources
+        self.apply_error = apply_error
+        self.discoveries = 0
+        self.applied: list[tuple[str, dict[str, Any]]] = []
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        assert path == self.api
+        self.discoveries += 1
+        return None if self.resources is None else {"resources": [{"name": r} for r in self.resources]}
+
+    def apply(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
+        if self.apply_error is not None:
+            raise ApiException(status=self.apply_error, reason="refused")
+        self.applied.append((path, obj))
+        return obj

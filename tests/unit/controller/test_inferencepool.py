@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -16,29 +15,13 @@ from infleet.controller.inferencepool import (
     render_inference_pool,
 )
 from infleet.controller.manifests import Owner, render_service
+from tests.unit.controller.fakekube import FakeOptionalApiKube
 
 OWNER = Owner("infleet.io/v1alpha1", "InferenceDeployment", "chat", "ml", "u-1")
 
 
-class FakeKube:
-    """Discovery and apply only: what `InferencePools` uses."""
-
-    def __init__(self, resources: list[str] | None, apply_error: int | None = None) -> None:
-        self.resources = resources
-        self.apply_error = apply_error
-        self.discoveries = 0
-        self.applied: list[tuple[str, dict[str, Any]]] = []
-
-    def get(self, path: str) -> dict[str, Any] | None:
-        assert path == INFERENCE_API
-        self.discoveries += 1
-        return None if self.resources is None else {"resources": [{"name": r} for r in self.resources]}
-
-    def apply(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-        if self.apply_error is not None:
-            raise ApiException(status=self.apply_error, reason="refused")
-        self.applied.append((path, obj))
-        return obj
+def fake_kube(resources: list[str] | None, apply_error: int | None = None) -> FakeOptionalApiKube:
+    return FakeOptionalApiKube(INFERENCE_API, resources, apply_error)
 
 
 def test_the_pool_selects_exactly_what_the_service_selects() -> None:
@@ -67,7 +50,7 @@ def test_endpoint_picker_is_configurable_and_validated() -> None:
 
 
 def test_without_the_api_nothing_is_applied_and_discovery_is_cached() -> None:
-    kube = FakeKube(None)
+    kube = fake_kube(None)
     now = [0.0]
     pools = InferencePools(kube, recheck_s=30, clock=lambda: now[0])  # type: ignore[arg-type]
     assert pools.sync(OWNER) is None
@@ -81,7 +64,7 @@ def test_without_the_api_nothing_is_applied_and_discovery_is_cached() -> None:
 
 
 def test_a_refusal_is_logged_once_and_does_not_raise(caplog: pytest.LogCaptureFixture) -> None:
-    kube = FakeKube(["inferencepools"], apply_error=403)
+    kube = fake_kube(["inferencepools"], apply_error=403)
     pools = InferencePools(kube)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="infleet.controller"):
         assert pools.sync(OWNER) is None
@@ -90,13 +73,13 @@ def test_a_refusal_is_logged_once_and_does_not_raise(caplog: pytest.LogCaptureFi
 
 
 def test_a_transient_error_is_raised_for_the_reconcile_to_retry() -> None:
-    pools = InferencePools(FakeKube(["inferencepools"], apply_error=503))  # type: ignore[arg-type]
+    pools = InferencePools(fake_kube(["inferencepools"], apply_error=503))  # type: ignore[arg-type]
     with pytest.raises(ApiException):
         pools.sync(OWNER)
 
 
 def test_a_vanished_crd_triggers_a_new_discovery() -> None:
-    kube = FakeKube(["inferencepools"], apply_error=404)
+    kube = fake_kube(["inferencepools"], apply_error=404)
     pools = InferencePools(kube, recheck_s=3600)  # type: ignore[arg-type]
     assert pools.sync(OWNER) is None
     kube.resources, kube.apply_error = None, None

@@ -9,6 +9,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from infleet.controller.slorules import MONITORING_API, SloRules, desired_rule, rule_path
+from tests.unit.controller.fakekube import FakeOptionalApiKube
 
 
 def body(**slo: Any) -> dict[str, Any]:
@@ -20,25 +21,8 @@ def body(**slo: Any) -> dict[str, Any]:
     }
 
 
-class FakeKube:
-    """Discovery and apply only: what `SloRules` uses."""
-
-    def __init__(self, resources: list[str] | None, apply_error: int | None = None) -> None:
-        self.resources = resources
-        self.apply_error = apply_error
-        self.discoveries = 0
-        self.applied: list[tuple[str, dict[str, Any]]] = []
-
-    def get(self, path: str) -> dict[str, Any] | None:
-        assert path == MONITORING_API
-        self.discoveries += 1
-        return None if self.resources is None else {"resources": [{"name": r} for r in self.resources]}
-
-    def apply(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-        if self.apply_error is not None:
-            raise ApiException(status=self.apply_error, reason="refused")
-        self.applied.append((path, obj))
-        return obj
+def fake_kube(resources: list[str] | None, apply_error: int | None = None) -> FakeOptionalApiKube:
+    return FakeOptionalApiKube(MONITORING_API, resources, apply_error)
 
 
 class Clock:
@@ -70,7 +54,7 @@ def test_no_rule_without_the_api_while_deleting_or_for_a_bad_slo() -> None:
 
 
 def test_without_the_api_nothing_is_applied_and_one_info_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    kube = FakeKube(resources=None)
+    kube = fake_kube(resources=None)
     rules = SloRules(kube, recheck_s=30, clock=Clock())  # type: ignore[arg-type]
     with caplog.at_level(logging.INFO, logger="infleet.controller"):
         for _ in range(5):
@@ -80,7 +64,7 @@ def test_without_the_api_nothing_is_applied_and_one_info_is_logged(caplog: pytes
 
 
 def test_api_installed_later_is_found_after_the_recheck_period() -> None:
-    kube, clock = FakeKube(resources=["servicemonitors"]), Clock()
+    kube, clock = fake_kube(resources=["servicemonitors"]), Clock()
     rules = SloRules(kube, recheck_s=30, clock=clock)  # type: ignore[arg-type]
     assert rules.sync(body()) is None
     kube.resources = ["servicemonitors", "prometheusrules"]
@@ -93,7 +77,7 @@ def test_api_installed_later_is_found_after_the_recheck_period() -> None:
 
 
 def test_a_refused_apply_is_logged_once_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
-    kube = FakeKube(resources=["prometheusrules"], apply_error=403)
+    kube = fake_kube(resources=["prometheusrules"], apply_error=403)
     rules = SloRules(kube, clock=Clock())  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="infleet.controller"):
         assert rules.sync(body()) is None
@@ -102,6 +86,6 @@ def test_a_refused_apply_is_logged_once_and_never_raises(caplog: pytest.LogCaptu
 
 
 def test_a_transient_failure_is_raised_for_kopf_to_retry() -> None:
-    rules = SloRules(FakeKube(resources=["prometheusrules"], apply_error=503), clock=Clock())  # type: ignore[arg-type]
+    rules = SloRules(fake_kube(resources=["prometheusrules"], apply_error=503), clock=Clock())  # type: ignore[arg-type]
     with pytest.raises(ApiException):
         rules.sync(body())
