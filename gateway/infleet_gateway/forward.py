@@ -20,6 +20,7 @@ from infleet_gateway.errors import error_event
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _TOKEN_MARKERS = (b'"content"', b'"text"')  # a chunk that carries generated text (the role-only chunk does not)
+_DONE = b"data: [DONE]"  # SDK clients stop reading here, before the stream's end: it is the finish they see
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,11 +49,12 @@ class ClientGoneError(Exception):
 async def forward(request: web.Request, session: aiohttp.ClientSession, url: str, body: bytes, *, stream: bool,
                   timeout: aiohttp.ClientTimeout, on_relayed: Callable[[Relayed], None],
                   clock: Callable[[], float] = time.monotonic) -> Relayed | Retryable:
-    """One attempt; `on_relayed` runs once the answer is complete but before a stream's end is sent, so metrics
-    are recorded before the client can see the request finish."""
+    """One attempt; `on_relayed` runs once the answer is complete but before a stream's `[DONE]` event and end are
+    sent, so metrics are recorded before the client can see the request finish."""
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
     resp: web.StreamResponse | None = None
     first_token: float | None = None
+    held = b""  # the tail that is, or may begin, the `[DONE]` event: sent only after `on_relayed`
     try:
         async with session.post(url, data=body, headers=headers, timeout=timeout) as up:
             content_type = up.headers.get("Content-Type", "application/json")
@@ -73,23 +75,44 @@ async def forward(request: web.Request, session: aiohttp.ClientSession, url: str
                     await _to_client(resp.prepare(request))
                 if first_token is None and any(m in chunk for m in _TOKEN_MARKERS):
                     first_token = clock()
-                await _to_client(resp.write(chunk))
+                held += chunk
+                at = held.find(_DONE)
+                sendable = held[:at] if at >= 0 else held[:len(held) - _done_prefix_len(held)]
+                held = held[len(sendable):]
+                if sendable:
+                    await _to_client(resp.write(sendable))
             if resp is None:
                 return Retryable(reason="upstream closed the stream before sending anything", cool_down=True)
             done = Relayed(response=resp, first_token_s=first_token)
             on_relayed(done)
+            if held:
+                await _to_client(resp.write(held))
             await _to_client(resp.write_eof())
             return done
     except (TimeoutError, aiohttp.ClientError) as exc:
         if resp is None:
             return Retryable(reason=f"{type(exc).__name__}: {exc}", cool_down=True)
-        await _to_client(resp.write(error_event(f"the replica failed mid-stream ({type(exc).__name__}); the "
+        if held.startswith(_DONE):  # the answer was whole; only the connection's close failed
+            done = Relayed(response=resp, first_token_s=first_token)
+            on_relayed(done)
+            await _to_client(resp.write(held))
+            await _to_client(resp.write_eof())
+            return done
+        await _to_client(resp.write(held + error_event(f"the replica failed mid-stream ({type(exc).__name__}); the "
                                                 "response is incomplete", "upstream_disconnected")))
         done = Relayed(response=resp, first_token_s=first_token, failed_mid_stream=True)
         on_relayed(done)
         await _to_client(resp.write(b"data: [DONE]\n\n"))
         await _to_client(resp.write_eof())
         return done
+
+
+def _done_prefix_len(buf: bytes) -> int:
+    """Length of the longest tail of `buf` that could begin `[DONE]`'s event (0 after a complete event)."""
+    for n in range(min(len(buf), len(_DONE) - 1), 0, -1):
+        if _DONE.startswith(buf[-n:]):
+            return n
+    return 0
 
 
 async def _to_client(write: Awaitable[object]) -> None:

@@ -34,6 +34,7 @@ class FakeReplica:
     behaviour: str = "ok"
     chunks: int = 3
     chunk_delay_s: float = 0.0
+    linger_after_done_s: float = 0.0  # keep the stream open after `[DONE]`, as a slow connection close would
     state: str = "serving"
     served: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0
@@ -70,6 +71,7 @@ class FakeReplica:
                 chunk = {"choices": [{"index": 0, "text": f"{self.name}-{i}", "finish_reason": None}]}
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
+            await asyncio.sleep(self.linger_after_done_s)
         except (asyncio.CancelledError, ConnectionResetError):
             self.cancelled += 1
             raise

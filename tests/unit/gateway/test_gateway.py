@@ -278,6 +278,26 @@ def test_streams_record_ttft_and_duration_per_deployment() -> None:
     run(main)
 
 
+def test_a_stream_is_counted_before_its_client_sees_done() -> None:
+    """SDK clients stop at `[DONE]` without waiting for the connection's end: the metrics must already hold it."""
+    async def main() -> None:
+        reps = await started(FakeReplica("a", chunks=3, linger_after_done_s=0.5))
+        async with running_gateway(table_with(reps)) as (base, gw), aiohttp.ClientSession() as s:
+            async with s.post(base + "/v1/completions", json={"model": "m", "prompt": "x", "stream": True}) as r:
+                lines = []
+                while (line := (await r.content.readline()).decode().strip()) != "data: [DONE]":
+                    assert line or not r.content.at_eof(), lines
+                    lines.append(line)
+                assert gw.metrics.ttft.labels("ns", "dep")._sum.get() > 0
+                assert gw.metrics.duration.labels("ns", "dep")._sum.get() > 0
+            assert [ln for ln in lines if ln.startswith("data: ")] == [
+                "data: " + json.dumps({"choices": [{"index": 0, "text": f"a-{i}", "finish_reason": None}]})
+                for i in range(3)]
+        await reps[0].stop()
+
+    run(main)
+
+
 def test_warm_and_draining_workers_take_no_traffic() -> None:
     async def main() -> None:
         from infleet_gateway.probe import apply_probe, parse_worker_page
@@ -320,3 +340,10 @@ def test_shutting_down_answers_queued_and_new_requests_with_503_at_once() -> Non
             assert gw.metrics.queue_depth.labels("ns", "dep")._value.get() == 0
 
     run(main)
+
+
+def test_only_a_tail_that_could_begin_done_is_held_back() -> None:
+    from infleet_gateway.forward import _done_prefix_len
+    assert _done_prefix_len(b'data: {"x": 1}\n\n') == 0  # a complete event goes out at once
+    assert _done_prefix_len(b'data: {"x": 1}\n\ndata: [DO') == len(b"data: [DO")
+    assert _done_prefix_len(b"\n\nd") == 1
