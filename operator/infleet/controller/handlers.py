@@ -76,9 +76,11 @@ class Context:
     def active(self) -> bool:
         return self.elector is None or self.elector.is_leader()
 
-    def enqueue(self, keys: set[Key]) -> None:
+    def enqueue(self, keys: set[Key], *, urgent: set[Key] | frozenset[Key] = frozenset()) -> None:
         if self.queue is not None:
-            for key in keys:
+            for key in sorted(urgent):
+                self.queue.add(("infd", *key), urgent=True)
+            for key in keys - urgent:
                 self.queue.add(("infd", *key))
 
 
@@ -246,11 +248,21 @@ def pool_status(body: Obj, nodes: int, allocatable: int, allocated: int, saturat
 def on_event(ctx: Context, kind: str, event_type: str | None, body: Obj) -> None:
     """Fold a watch event into the index and queue what it concerns."""
     keys = ctx.index.apply(kind, event_type, body)
-    ctx.enqueue(keys)
+    ctx.enqueue(keys, urgent=unobserved_spec(kind, event_type, body))
     if kind == "AcceleratorPool" and ctx.queue is not None:
         ctx.queue.add(("pool", "", (body.get("metadata") or {}).get("name") or ""))
     if kind == "InferenceDeployment" and event_type == "DELETED":
         forget_deployment(ctx, (body["metadata"].get("namespace") or "", body["metadata"]["name"]), body)
+
+
+def unobserved_spec(kind: str, event_type: str | None, body: Obj) -> set[Key]:
+    """The deployment whose spec generation its status has not caught up with: new or edited, so it goes first."""
+    if kind != "InferenceDeployment" or event_type == "DELETED":
+        return set()
+    meta = body.get("metadata") or {}
+    if (body.get("status") or {}).get("observedGeneration") == meta.get("generation"):
+        return set()
+    return {(meta.get("namespace") or "", meta.get("name") or "")}
 
 
 def informers_for(ctx: Context) -> list[Informer]:

@@ -5,6 +5,10 @@ work follows changes instead of a fixed timer on every object. A key added while
 more right after. Failures back off per key (``base_backoff_s`` doubling up to ``max_backoff_s``, short on purpose
 so reconciles resume soon after an API-server outage) and are logged at most once per ``log_every_s`` in all.
 Only a leader processes keys (``is_active``); a follower keeps its queue so a handover starts warm.
+
+Keys added as ``urgent`` (an object whose spec the operator has not acted on yet: a new or edited deployment) run
+before every other ready key. Without that lane a burst of creations queues behind the re-reconciles their own pods
+cause (every pod event requeues its owner), and create -> Placed grows with the fleet rather than the burst.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ class WorkQueue:
     clock: Callable[[], float] = time.monotonic
     _due: list[tuple[float, int, Hashable]] = field(default_factory=list)
     _ready: dict[Hashable, None] = field(default_factory=dict)  # insertion-ordered set
+    _urgent: dict[Hashable, None] = field(default_factory=dict)  # ready keys that go first (insertion-ordered)
     _processing: set[Hashable] = field(default_factory=set)
-    _again: set[Hashable] = field(default_factory=set)
+    _again: dict[Hashable, bool] = field(default_factory=dict)  # key -> urgent: run once more after this pass
     _failures: dict[Hashable, int] = field(default_factory=dict)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _stopping: bool = False
@@ -43,13 +48,21 @@ class WorkQueue:
     _last_log: float = -1e9
     _suppressed: int = 0
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Hashable, *, urgent: bool = False) -> None:
         with self._cond:
             if key in self._processing:
-                self._again.add(key)
+                self._again[key] = urgent or self._again.get(key, False)
             else:
-                self._ready[key] = None
+                self._make_ready(key, urgent)
             self._cond.notify()
+
+    def _make_ready(self, key: Hashable, urgent: bool) -> None:
+        """Called with the lock held; a key is in at most one lane, and urgency is never lost."""
+        if urgent:
+            self._ready.pop(key, None)
+            self._urgent[key] = None
+        elif key not in self._urgent:
+            self._ready[key] = None
 
     def add_after(self, key: Hashable, delay_s: float) -> None:
         if delay_s <= 0:
@@ -64,6 +77,7 @@ class WorkQueue:
         with self._cond:
             self._failures.pop(key, None)
             self._ready.pop(key, None)
+            self._urgent.pop(key, None)
 
     def start(self) -> None:
         for i in range(self.workers):
@@ -82,7 +96,7 @@ class WorkQueue:
 
     def depth(self) -> int:
         with self._cond:
-            return len(self._ready) + len(self._due)
+            return len(self._urgent) + len(self._ready) + len(self._due)
 
     def _next(self) -> Hashable | None:
         with self._cond:
@@ -91,15 +105,16 @@ class WorkQueue:
                 while self._due and self._due[0][0] <= now:
                     _, _, key = heapq.heappop(self._due)
                     if key in self._processing:
-                        self._again.add(key)
+                        self._again.setdefault(key, False)
                     else:
-                        self._ready[key] = None
+                        self._make_ready(key, False)
                 if self.is_active():
-                    for key in self._ready:
-                        if key not in self._processing:
-                            del self._ready[key]
-                            self._processing.add(key)
-                            return key
+                    for lane in (self._urgent, self._ready):
+                        for key in lane:
+                            if key not in self._processing:
+                                del lane[key]
+                                self._processing.add(key)
+                                return key
                 wait = 0.5 if not self._due else min(0.5, max(0.0, self._due[0][0] - now))
                 self._cond.wait(wait)
             return None
@@ -128,8 +143,7 @@ class WorkQueue:
                     if again is not None:
                         heapq.heappush(self._due, (self.clock() + again, next(self._seq), key))
                 if key in self._again:
-                    self._again.discard(key)
-                    self._ready[key] = None
+                    self._make_ready(key, self._again.pop(key))
                 self._cond.notify_all()
 
     def _log_failure(self, key: Hashable, exc: Exception) -> None:

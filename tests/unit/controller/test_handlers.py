@@ -135,3 +135,18 @@ def test_a_new_leader_continues_from_the_state_in_the_status() -> None:
     # A peer (or a restarted operator) has only the status to go by, and finds the same state there.
     peer = LoopStates().load("uid-1", kube.objects[INFD_PATH]["status"])
     assert peer == mine
+
+
+def test_new_and_edited_deployments_are_queued_ahead_of_settled_ones() -> None:
+    from infleet.controller.handlers import unobserved_spec
+
+    body: dict[str, Any] = {"metadata": {"namespace": "ns", "name": "chat", "generation": 2}}
+    key = {("ns", "chat")}
+    assert unobserved_spec("InferenceDeployment", "ADDED", body) == key  # no status yet
+    body["status"] = {"observedGeneration": 1}
+    assert unobserved_spec("InferenceDeployment", "MODIFIED", body) == key  # edited
+    body["status"]["observedGeneration"] = 2
+    assert unobserved_spec("InferenceDeployment", "MODIFIED", body) == set()  # settled
+    body["status"]["observedGeneration"] = 1
+    assert unobserved_spec("InferenceDeployment", "DELETED", body) == set()
+    assert unobserved_spec("Pod", "MODIFIED", body) == set()

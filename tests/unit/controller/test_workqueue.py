@@ -101,3 +101,28 @@ def test_stop_waits_for_in_flight_work_and_starts_nothing_new() -> None:
     t0 = time.monotonic()
     q.stop(timeout_s=5)
     assert done == ["a"] and time.monotonic() - t0 < 2
+
+
+def test_urgent_keys_jump_the_line_and_urgency_survives_a_rerun() -> None:
+    seen: list[Hashable] = []
+    gate = threading.Event()
+
+    def work(key: Hashable) -> float | None:
+        if key == "first":
+            gate.wait(2)
+        seen.append(key)
+        return None
+
+    q = WorkQueue(work, workers=1)
+    q.add("first")
+    q.start()
+    assert wait_for(lambda: q.depth() == 0)  # "first" is running and holds the only worker
+    for key in ("old-1", "old-2", "new", "old-3"):
+        q.add(key, urgent=key == "new")
+    q.add("old-2", urgent=True)  # an edit to a queued key moves it ahead, once
+    q.add("first", urgent=True)  # edited while it runs: runs again, ahead of the ordinary lane
+    q.add("new")  # a later ordinary event does not demote it
+    gate.set()
+    assert wait_for(lambda: len(seen) == 6)
+    q.stop()
+    assert seen == ["first", "new", "old-2", "first", "old-1", "old-3"]
