@@ -61,6 +61,14 @@ def _run_pods(cluster: LocalCluster, args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_lines(text: str, n: int) -> str:
+    """A long node table cut after ``n`` lines (`infleet-cluster fleet` prints it whole)."""
+    lines = text.splitlines(keepends=True)
+    if len(lines) <= n:
+        return text
+    return "".join(lines[:n]) + f"... {len(lines) - n} more nodes (`infleet-cluster fleet` lists them all)\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["kubectl"]:  # every argument after `kubectl` is kubectl's, flags included (-n, -o, ...)
@@ -102,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_workers=args.max_workers, cold_start_scale=args.cold_start_scale,
                 fork_server=not args.no_fork_server))
             print(f"export KUBECONFIG={cluster.layout.kubeconfig}")
-            print(cluster.kubectl("get", "nodes", *FLEET_COLUMNS).stdout, end="")
+            print(_first_lines(cluster.kubectl("get", "nodes", *FLEET_COLUMNS).stdout, 41), end="")
         elif args.cmd == "down":
             cluster.down()
         elif args.cmd == "delete":
