@@ -129,31 +129,19 @@ def placed_times(client: Any, namespace: str) -> dict[str, float]:
     return out
 
 
+def start_operator(kubeconfig: Path, namespace: str, operator_args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    """`infleet run` for one namespace, standalone, its log in a temporary file (returned with the process)."""
+    log = tempfile.NamedTemporaryFile(prefix="operator-", suffix=".log", delete=False)  # noqa: SIM115 (the child writes it)
+    command = [str(INFLEET), "run", "--kubeconfig", str(kubeconfig), "--standalone", "--namespace", namespace,
+               "--metrics-port", "0", "--liveness-port", "0", "--log-format", "text", *operator_args]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log.name
+
+
 def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]) -> dict[str, Any]:
     client = kube(kubeconfig)
     namespace = f"scale-{n}-{int(time.time()) % 100000}"
     client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    log = tempfile.NamedTemporaryFile(prefix="operator-", suffix=".log", delete=False)  # noqa: SIM115 (the child writes it)
-    op = subprocess.Popen(
-        [
-            str(INFLEET),
-            "run",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--standalone",
-            "--namespace",
-            namespace,
-            "--metrics-port",
-            "0",
-            "--liveness-port",
-            "0",
-            "--log-format",
-            "text",
-            *operator_args,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    op, log_name = start_operator(kubeconfig, namespace, operator_args)
     try:
         time.sleep(3)
         before = apiserver_requests(client)
@@ -216,7 +204,7 @@ def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]
             "operator_rss_peak_mib": round(max(peak_rss, rss)),
             "pending_unschedulable_pods": pending,
             "elapsed_s": round(elapsed, 1),
-            "operator_log": log.name,
+            "operator_log": log_name,
         }
     finally:
         op.terminate()

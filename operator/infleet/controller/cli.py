@@ -124,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf logs every handler success at INFO; our own reconcile line says more, once.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    kube = Kube.connect(args.kubeconfig)
+    # Watches (one per informer and namespace) hold a connection each; reconcile workers, the pool timer, promotion
+    # and the Lease use the rest.
+    watches = 3 + 2 * max(1, len(args.namespace))
+    kube = Kube.connect(args.kubeconfig, connections=watches + args.workers + 4)
     metrics = OperatorMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port, addr=args.bind_address)

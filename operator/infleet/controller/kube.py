@@ -44,15 +44,25 @@ class Kube:
         self.api = api
 
     @classmethod
-    def connect(cls, kubeconfig: Path | None = None) -> Kube:
-        """A kubeconfig when given, else the in-cluster service account, else the default kubeconfig."""
+    def connect(cls, kubeconfig: Path | None = None, *, connections: int | None = None) -> Kube:
+        """A kubeconfig when given, else the in-cluster service account, else the default kubeconfig.
+
+        ``connections``: how many connections to the API server are kept open for reuse. The official client sizes
+        its pool from the host's CPU count (10 on a 2-core machine, hundreds on a big node, whatever the pod's CPU
+        limit); every watch holds one for its life, so a pool smaller than watches plus concurrent requests opens,
+        handshakes and drops a TLS connection per request once it is full.
+        """
+        cfg = k8s_client.Configuration()
         if kubeconfig is not None:
-            return cls(k8s_config.new_client_from_config(config_file=str(kubeconfig)))  # type: ignore[no-untyped-call]
-        try:
-            k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return cls(k8s_client.ApiClient())
-        except k8s_config.ConfigException:
-            return cls(k8s_config.new_client_from_config())  # type: ignore[no-untyped-call]
+            k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            try:
+                k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            except k8s_config.ConfigException:
+                k8s_config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        if connections is not None:
+            cfg.connection_pool_maxsize = connections
+        return cls(k8s_client.ApiClient(configuration=cfg))
 
     @_retry
     def request(
