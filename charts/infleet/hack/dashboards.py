@@ -292,6 +292,10 @@ def operator() -> dict[str, Any]:
                            f"[{RI}])))", "p99 {{kind}}"),
                     target("histogram_quantile(0.5, sum by (kind, le) (rate(infleet_reconcile_duration_seconds_bucket"
                            f"[{RI}])))", "p50 {{kind}}", "B")], "s"), 12, 8)
+    lay.add(series("Reconcile queue wait", "p99 time a ready key waited for a worker, by lane (urgent: new or "
+                   "edited specs, served first). Growing waits with idle CPU point at the API server.",
+                   [target("histogram_quantile(0.99, sum by (lane, le) "
+                           f"(rate(infleet_reconcile_queue_wait_seconds_bucket[{RI}])))", "p99 {{lane}}")], "s"), 12, 8)
     lay.add(series("Pool saturation", "1 while a pool is out of capacity and fallback is active.",
                    [target("max by (pool) (infleet_pool_saturated)", "{{pool}}")], "none"), 12, 8)
     lay.add(series("Scale events", "Scaling decisions applied across the fleet.",

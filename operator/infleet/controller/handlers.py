@@ -289,7 +289,12 @@ def informers_for(ctx: Context) -> list[Informer]:
 
 def start(ctx: Context) -> None:
     """Start the informers, wait for their first listing, then the reconcile workers and the resync."""
-    ctx.queue = WorkQueue(lambda key: reconcile_key(ctx, key), workers=ctx.workers, is_active=ctx.active)
+    ctx.queue = WorkQueue(
+        lambda key: reconcile_key(ctx, key),
+        workers=ctx.workers,
+        is_active=ctx.active,
+        on_wait=lambda lane, waited_s: ctx.metrics.queue_wait.labels(lane=lane).observe(waited_s),
+    )
     ctx.informers = informers_for(ctx)
     for informer in ctx.informers:
         informer.start()

@@ -26,6 +26,13 @@ class OperatorMetrics:
         self.reconcile_duration = Histogram(
             "infleet_reconcile_duration_seconds", "Time per reconcile.", ["kind"], registry=r
         )
+        self.queue_wait = Histogram(
+            "infleet_reconcile_queue_wait_seconds",
+            "Time a deployment or pool waited, ready, for a reconcile worker; lane urgent: new or edited specs.",
+            ["lane"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
         self.deployment_replicas = Gauge(
             "infleet_deployment_replicas",
             "Replicas per deployment and pool.",

@@ -36,8 +36,10 @@ class WorkQueue:
     log_every_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
     _due: list[tuple[float, int, Hashable]] = field(default_factory=list)
-    _ready: dict[Hashable, None] = field(default_factory=dict)  # insertion-ordered set
-    _urgent: dict[Hashable, None] = field(default_factory=dict)  # ready keys that go first (insertion-ordered)
+    # Ready keys (insertion-ordered) -> when they became ready; the urgent lane goes first.
+    on_wait: Callable[[str, float], None] = lambda lane, waited_s: None  # lane ("urgent"/"normal"), seconds ready
+    _ready: dict[Hashable, float] = field(default_factory=dict)
+    _urgent: dict[Hashable, float] = field(default_factory=dict)
     _processing: set[Hashable] = field(default_factory=set)
     _again: dict[Hashable, bool] = field(default_factory=dict)  # key -> urgent: run once more after this pass
     _failures: dict[Hashable, int] = field(default_factory=dict)
@@ -59,10 +61,9 @@ class WorkQueue:
     def _make_ready(self, key: Hashable, urgent: bool) -> None:
         """Called with the lock held; a key is in at most one lane, and urgency is never lost."""
         if urgent:
-            self._ready.pop(key, None)
-            self._urgent[key] = None
+            self._urgent.setdefault(key, self._ready.pop(key, self.clock()))
         elif key not in self._urgent:
-            self._ready[key] = None
+            self._ready.setdefault(key, self.clock())
 
     def add_after(self, key: Hashable, delay_s: float) -> None:
         if delay_s <= 0:
@@ -109,10 +110,10 @@ class WorkQueue:
                     else:
                         self._make_ready(key, False)
                 if self.is_active():
-                    for lane in (self._urgent, self._ready):
+                    for name, lane in (("urgent", self._urgent), ("normal", self._ready)):
                         for key in lane:
                             if key not in self._processing:
-                                del lane[key]
+                                self.on_wait(name, now - lane.pop(key))
                                 self._processing.add(key)
                                 return key
                 wait = 0.5 if not self._due else min(0.5, max(0.0, self._due[0][0] - now))

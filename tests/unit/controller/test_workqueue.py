@@ -113,7 +113,8 @@ def test_urgent_keys_jump_the_line_and_urgency_survives_a_rerun() -> None:
         seen.append(key)
         return None
 
-    q = WorkQueue(work, workers=1)
+    lanes: list[str] = []
+    q = WorkQueue(work, workers=1, on_wait=lambda lane, waited_s: lanes.append(lane))
     q.add("first")
     q.start()
     assert wait_for(lambda: q.depth() == 0)  # "first" is running and holds the only worker
@@ -126,3 +127,4 @@ def test_urgent_keys_jump_the_line_and_urgency_survives_a_rerun() -> None:
     assert wait_for(lambda: len(seen) == 6)
     q.stop()
     assert seen == ["first", "new", "old-2", "first", "old-1", "old-3"]
+    assert lanes == ["normal", "urgent", "urgent", "urgent", "normal", "normal"]
