@@ -10,8 +10,11 @@ It applies the CRDs and examples/pools.yaml, starts `infleet run` (defaults: aut
 with --standalone), creates N InferenceDeployments as fast as the API server takes them (small CPU/GPU models with
 a declared load, so each places 1-4 replicas), and measures, per N:
 
-* create -> Placed: from each object's creationTimestamp to its Placed=True transition (second resolution);
-* spec change -> reconciled: 50 deployments get a new maxReplicas; time until status.observedGeneration matches;
+* create -> Placed: from each create call's return to the first watch event showing Placed=True;
+* spec change -> reconciled: 50 deployments get a new maxReplicas at once; time from each patch's return to the
+  first watch event whose status.observedGeneration matches (a burst: the last waits for the 49 before it);
+* the operator's own queue wait per lane (urgent: new or edited specs) and reconcile time, from its /metrics
+  (bucket upper bounds: "p99 <= x s");
 * API server requests by verb made while the operator ran (apiserver_request_total delta, all clients: the
   benchmark's own creates and polls are listed separately), operator CPU seconds and peak RSS;
 * Pending pods caused by the operator at the end (Unschedulable worker pods: overcommit).
@@ -25,12 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,65 +123,128 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def placed_times(client: Any, namespace: str) -> dict[str, float]:
-    out = {}
-    for d in client.list(f"{GROUP}/namespaces/{namespace}/inferencedeployments"):
-        for c in (d.get("status") or {}).get("conditions") or []:
-            if c["type"] == "Placed" and c["status"] == "True":
-                created = datetime.fromisoformat(d["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
-                at = datetime.fromisoformat(c["lastTransitionTime"].replace("Z", "+00:00"))
-                out[d["metadata"]["name"]] = (at - created).total_seconds()
-    return out
-
-
-def start_operator(kubeconfig: Path, namespace: str, operator_args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+def start_operator(
+    kubeconfig: Path, namespace: str, operator_args: list[str], metrics_port: int = 0
+) -> tuple[subprocess.Popen[bytes], str]:
     """`infleet run` for one namespace, standalone, its log in a temporary file (returned with the process)."""
     log = tempfile.NamedTemporaryFile(prefix="operator-", suffix=".log", delete=False)  # noqa: SIM115 (the child writes it)
     command = [str(INFLEET), "run", "--kubeconfig", str(kubeconfig), "--standalone", "--namespace", namespace,
-               "--metrics-port", "0", "--liveness-port", "0", "--log-format", "text", *operator_args]
+               "--metrics-port", str(metrics_port), "--bind-address", "127.0.0.1", "--liveness-port", "0",
+               "--log-format", "text", *operator_args]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log.name
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def histogram_quantiles(text: str, name: str, label: str) -> dict[str, dict[str, float]]:
+    """p50/p99 per label value from a Prometheus histogram: the upper bound of the bucket holding the quantile
+    (so "<= that many seconds"), and the mean from sum/count."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = sample.labels.get(label, "")
+            if sample.name == f"{name}_bucket":
+                buckets.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
+            elif sample.name == f"{name}_sum":
+                sums[key] = sample.value
+            elif sample.name == f"{name}_count":
+                counts[key] = sample.value
+    out = {}
+    for key, rows in buckets.items():
+        rows.sort()
+        total = rows[-1][1]
+        if not total:
+            continue
+
+        def bound(q: float, rows: list[tuple[float, float]] = rows, total: float = total) -> float:
+            return next(le for le, cumulative in rows if cumulative >= q * total)
+
+        out[key] = {"count": total, "mean_s": round(sums[key] / counts[key], 3), "p50_le_s": bound(0.5),
+                    "p99_le_s": bound(0.99)}
+    return out
+
+
+class StatusWatch:
+    """Watches a namespace's InferenceDeployments and stamps (monotonic) when each first showed Placed=True and
+    each observedGeneration: sub-second latencies, without LISTing hundreds of statuses in a loop."""
+
+    def __init__(self, client: Any, namespace: str) -> None:
+        self.client, self.path = client, f"{GROUP}/namespaces/{namespace}/inferencedeployments"
+        self.placed: dict[str, float] = {}
+        self.observed: dict[tuple[str, int], float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                for event in self.client.watch(self.path, query={}, timeout_s=30):
+                    self._stamp(event.get("object") or {})
+                    if self.stop.is_set():
+                        return
+            except Exception:  # a broken watch: start again (the first events replay current state)
+                time.sleep(0.5)
+
+    def _stamp(self, obj: dict[str, Any]) -> None:
+        now = time.monotonic()
+        name, status = obj.get("metadata", {}).get("name", ""), obj.get("status") or {}
+        if any(c.get("type") == "Placed" and c.get("status") == "True" for c in status.get("conditions") or []):
+            self.placed.setdefault(name, now)
+        if status.get("observedGeneration") is not None:
+            self.observed.setdefault((name, int(status["observedGeneration"])), now)
 
 
 def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]) -> dict[str, Any]:
     client = kube(kubeconfig)
     namespace = f"scale-{n}-{int(time.time()) % 100000}"
     client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    op, log_name = start_operator(kubeconfig, namespace, operator_args)
+    metrics_port = free_port()
+    op, log_name = start_operator(kubeconfig, namespace, operator_args, metrics_port)
+    watch = StatusWatch(client, namespace)
     try:
         time.sleep(3)
         before = apiserver_requests(client)
         cpu0, _ = proc_usage(op.pid)
         started = time.monotonic()
         path = f"{GROUP}/namespaces/{namespace}/inferencedeployments"
+        created_at: dict[str, float] = {}
+
+        def create(i: int) -> None:
+            client.create(path, deployment(f"d{i:05d}", i))
+            created_at[f"d{i:05d}"] = time.monotonic()
+
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: client.create(path, deployment(f"d{i:05d}", i)), range(n)))
+            list(pool.map(create, range(n)))
         created_s = time.monotonic() - started
         peak_rss = 0.0
-        placed: dict[str, float] = {}
-        while time.monotonic() - started < timeout_s:
-            placed = placed_times(client, namespace)
+        while time.monotonic() - started < timeout_s and len(watch.placed) < n:
             peak_rss = max(peak_rss, proc_usage(op.pid)[1])
-            if len(placed) >= n:
-                break
-            time.sleep(2)
+            time.sleep(1)
+        placed = {name: watch.placed[name] - t for name, t in created_at.items() if name in watch.placed}
         # Spec changes: 50 deployments get a new bound; time until the status reflects the new generation.
         edited = [f"d{i:05d}" for i in range(0, n, max(1, n // 50))][:50]
         stamps = {}
         for name in edited:
             obj = client.merge_patch(f"{path}/{name}", {"spec": {"scaling": {"maxReplicas": 5}}})
-            stamps[name] = (time.monotonic(), obj["metadata"]["generation"])
-        waits: dict[str, float] = {}
-        while len(waits) < len(edited) and time.monotonic() - started < timeout_s + 120:
-            for d in client.list(path):
-                name = d["metadata"]["name"]
-                seen = (d.get("status") or {}).get("observedGeneration")
-                if name in stamps and name not in waits and seen == stamps[name][1]:
-                    waits[name] = time.monotonic() - stamps[name][0]
+            stamps[name] = (time.monotonic(), int(obj["metadata"]["generation"]))
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not all(k in watch.observed for k in
+                                                      ((name, gen) for name, (_, gen) in stamps.items())):
             peak_rss = max(peak_rss, proc_usage(op.pid)[1])
             time.sleep(0.5)
+        waits = {name: watch.observed[(name, gen)] - t for name, (t, gen) in stamps.items()
+                 if (name, gen) in watch.observed}
         elapsed = time.monotonic() - started
         cpu1, rss = proc_usage(op.pid)
         after = apiserver_requests(client)
+        operator_metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         pods = client.list(f"/api/v1/namespaces/{namespace}/pods")
         pending = sum(
             1
@@ -189,8 +257,8 @@ def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]
             "nodes": len(client.list("/api/v1/nodes")),
             "create_s": round(created_s, 1),
             "placed": len(placed),
-            "placed_p50_s": percentile(latencies, 0.5),
-            "placed_p99_s": percentile(latencies, 0.99),
+            "placed_p50_s": round(percentile(latencies, 0.5), 2),
+            "placed_p99_s": round(percentile(latencies, 0.99), 2),
             "spec_change_p50_s": round(percentile(list(waits.values()), 0.5), 2),
             "spec_change_p99_s": round(percentile(list(waits.values()), 0.99), 2),
             "spec_changes_seen": len(waits),
@@ -204,12 +272,23 @@ def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]
             "operator_rss_peak_mib": round(max(peak_rss, rss)),
             "pending_unschedulable_pods": pending,
             "elapsed_s": round(elapsed, 1),
+            "queue_wait_by_lane": histogram_quantiles(operator_metrics, "infleet_reconcile_queue_wait_seconds", "lane"),
+            "reconcile_time": histogram_quantiles(operator_metrics, "infleet_reconcile_duration_seconds", "kind"),
             "operator_log": log_name,
         }
     finally:
+        watch.stop.set()
         op.terminate()
         op.wait(30)
         client.delete(f"/api/v1/namespaces/{namespace}")
+
+
+def scrape(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(resp.read().decode())
+    except OSError:  # an older operator without these metrics, or none on that port
+        return ""
 
 
 def main() -> int:
