@@ -60,6 +60,7 @@ class Context:
     resync_s: float = 60.0  # every other deployment and pool is reconciled at least this often
     namespaces: tuple[str, ...] = ()  # () : every namespace
     workers: int = 4
+    coalesce_s: float = 1.0  # ordinary events of one deployment within this window cost one reconcile
     slo_rules: SloRules | None = None  # None: no PrometheusRules (unit tests); the CLI always sets one
     inference_pools: InferencePools | None = None  # None: no InferencePools (unit tests); the CLI always sets one
     states: LoopStates = field(default_factory=LoopStates)
@@ -293,6 +294,7 @@ def start(ctx: Context) -> None:
         lambda key: reconcile_key(ctx, key),
         workers=ctx.workers,
         is_active=ctx.active,
+        coalesce_s=ctx.coalesce_s,
         on_wait=lambda lane, waited_s: ctx.metrics.queue_wait.labels(lane=lane).observe(waited_s),
     )
     ctx.informers = informers_for(ctx)

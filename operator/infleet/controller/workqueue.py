@@ -9,6 +9,10 @@ Only a leader processes keys (``is_active``); a follower keeps its queue so a ha
 Keys added as ``urgent`` (an object whose spec the operator has not acted on yet: a new or edited deployment) run
 before every other ready key. Without that lane a burst of creations queues behind the re-reconciles their own pods
 cause (every pod event requeues its owner), and create -> Placed grows with the fleet rather than the burst.
+
+Ordinary adds wait ``coalesce_s`` first, so the events of one change (four pods of a new deployment turning ready
+one after another) cost one reconcile and one status write instead of four; the API server, not the operator, is
+what limits a large fleet. A key is scheduled at most once: a later request for an earlier time replaces it.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ class WorkQueue:
     is_active: Callable[[], bool] = lambda: True
     base_backoff_s: float = 0.5
     max_backoff_s: float = 2.0
+    coalesce_s: float = 0.0  # how long an ordinary (not urgent) add waits for more events of the same key
     log_every_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
-    _due: list[tuple[float, int, Hashable]] = field(default_factory=list)
-    # Ready keys (insertion-ordered) -> when they became ready; the urgent lane goes first.
     on_wait: Callable[[str, float], None] = lambda lane, waited_s: None  # lane ("urgent"/"normal"), seconds ready
+    _due: list[tuple[float, int, Hashable]] = field(default_factory=list)
+    _scheduled: dict[Hashable, float] = field(default_factory=dict)  # key -> its one live entry in _due
+    # Ready keys (insertion-ordered) -> when they became ready; the urgent lane goes first.
     _ready: dict[Hashable, float] = field(default_factory=dict)
     _urgent: dict[Hashable, float] = field(default_factory=dict)
     _processing: set[Hashable] = field(default_factory=set)
@@ -52,11 +58,29 @@ class WorkQueue:
 
     def add(self, key: Hashable, *, urgent: bool = False) -> None:
         with self._cond:
-            if key in self._processing:
+            if not urgent and self.coalesce_s > 0:
+                if key not in self._ready and key not in self._urgent:
+                    self._schedule(key, self.clock() + self.coalesce_s)
+            elif key in self._processing:
                 self._again[key] = urgent or self._again.get(key, False)
             else:
                 self._make_ready(key, urgent)
             self._cond.notify()
+
+    def add_after(self, key: Hashable, delay_s: float) -> None:
+        if delay_s <= 0:
+            self.add(key)
+            return
+        with self._cond:
+            self._schedule(key, self.clock() + delay_s)
+            self._cond.notify()
+
+    def _schedule(self, key: Hashable, at: float) -> None:
+        """Called with the lock held: run ``key`` at ``at`` unless it is already due sooner."""
+        if self._scheduled.get(key, float("inf")) <= at:
+            return
+        self._scheduled[key] = at
+        heapq.heappush(self._due, (at, next(self._seq), key))
 
     def _make_ready(self, key: Hashable, urgent: bool) -> None:
         """Called with the lock held; a key is in at most one lane, and urgency is never lost."""
@@ -65,20 +89,13 @@ class WorkQueue:
         elif key not in self._urgent:
             self._ready.setdefault(key, self.clock())
 
-    def add_after(self, key: Hashable, delay_s: float) -> None:
-        if delay_s <= 0:
-            self.add(key)
-            return
-        with self._cond:
-            heapq.heappush(self._due, (self.clock() + delay_s, next(self._seq), key))
-            self._cond.notify()
-
     def forget(self, key: Hashable) -> None:
         """Drop a key's back-off memory (its object is gone)."""
         with self._cond:
             self._failures.pop(key, None)
             self._ready.pop(key, None)
             self._urgent.pop(key, None)
+            self._scheduled.pop(key, None)
 
     def start(self) -> None:
         for i in range(self.workers):
@@ -97,18 +114,25 @@ class WorkQueue:
 
     def depth(self) -> int:
         with self._cond:
-            return len(self._urgent) + len(self._ready) + len(self._due)
+            return len(self._urgent) + len(self._ready) + len(self._scheduled)
+
+    def _pop_due(self, now: float) -> None:
+        """Called with the lock held: move keys whose time has come to the ready lane (stale entries are dropped)."""
+        while self._due and self._due[0][0] <= now:
+            at, _, key = heapq.heappop(self._due)
+            if self._scheduled.get(key) != at:
+                continue  # replaced by an earlier entry, or forgotten
+            del self._scheduled[key]
+            if key in self._processing:
+                self._again.setdefault(key, False)
+            else:
+                self._make_ready(key, False)
 
     def _next(self) -> Hashable | None:
         with self._cond:
             while not self._stopping:
                 now = self.clock()
-                while self._due and self._due[0][0] <= now:
-                    _, _, key = heapq.heappop(self._due)
-                    if key in self._processing:
-                        self._again.setdefault(key, False)
-                    else:
-                        self._make_ready(key, False)
+                self._pop_due(now)
                 if self.is_active():
                     for name, lane in (("urgent", self._urgent), ("normal", self._ready)):
                         for key in lane:
@@ -137,12 +161,11 @@ class WorkQueue:
                 if failed:
                     n = self._failures.get(key, 0) + 1
                     self._failures[key] = n
-                    delay = min(self.max_backoff_s, self.base_backoff_s * 2 ** (n - 1))
-                    heapq.heappush(self._due, (self.clock() + delay, next(self._seq), key))
+                    self._schedule(key, self.clock() + min(self.max_backoff_s, self.base_backoff_s * 2 ** (n - 1)))
                 else:
                     self._failures.pop(key, None)
                     if again is not None:
-                        heapq.heappush(self._due, (self.clock() + again, next(self._seq), key))
+                        self._schedule(key, self.clock() + again)
                 if key in self._again:
                     self._make_ready(key, self._again.pop(key))
                 self._cond.notify_all()

@@ -128,3 +128,21 @@ def test_urgent_keys_jump_the_line_and_urgency_survives_a_rerun() -> None:
     q.stop()
     assert seen == ["first", "new", "old-2", "first", "old-1", "old-3"]
     assert lanes == ["normal", "urgent", "urgent", "urgent", "normal", "normal"]
+
+
+def test_ordinary_events_coalesce_into_one_reconcile_and_urgent_ones_do_not_wait() -> None:
+    seen: list[tuple[Hashable, float]] = []
+    q = WorkQueue(lambda k: seen.append((k, time.monotonic())) or 30.0, workers=2, coalesce_s=0.3)  # type: ignore[func-returns-value]
+    q.start()
+    t0 = time.monotonic()
+    for _ in range(5):  # e.g. four pods of one deployment turning ready one after another
+        q.add("pods-changed")
+        time.sleep(0.02)
+    q.add("edited", urgent=True)
+    assert wait_for(lambda: len(seen) == 2)
+    time.sleep(0.5)
+    q.stop()
+    runs = dict(seen)
+    assert [k for k, _ in seen] == ["edited", "pods-changed"]  # one run for five events; the urgent one first
+    assert runs["edited"] - t0 < 0.25 <= runs["pods-changed"] - t0
+    assert q.depth() == 2  # each is scheduled once more, for its resync in 30 s, not once per event
