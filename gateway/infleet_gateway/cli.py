@@ -1,8 +1,8 @@
 """`infleet-gateway`: serve the OpenAI API in front of infleet's workers.
 
 Discovery: `--kube` watches the API (serving pods and InferenceDeployments); `--endpoints FILE` and/or
-`--endpoint MODEL=URL[,pool=NAME][,capacity=RPS]` list replicas statically (tests, development). Every flag has
-an INFLEET_GATEWAY_* environment twin; a flag on the command line wins.
+`--endpoint MODEL=URL[,pool=NAME][,capacity=RPS][,engine=NAME]` list replicas statically (tests, development).
+Every flag has an INFLEET_GATEWAY_* environment twin; a flag on the command line wins.
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this namespace (default: all)")
     d.add_argument("--endpoints", type=Path, default=os.environ.get("INFLEET_GATEWAY_ENDPOINTS"),
                    help="static endpoints file (YAML/JSON), see docs/gateway.md")
-    d.add_argument("--endpoint", action="append", default=[], metavar="MODEL=URL[,pool=NAME][,capacity=RPS]",
+    d.add_argument("--endpoint", action="append", default=[],
+                   metavar="MODEL=URL[,pool=NAME][,capacity=RPS][,engine=NAME]",
                    help="one static replica (repeatable)")
     d.add_argument("--probe-interval", type=float, default=float(_env("PROBE_INTERVAL", "0.5")),
-                   help="seconds between worker /metrics probes (0: no probes; static replicas are then "
-                        "routable at once)")
+                   help="seconds between replica probes (/metrics, or the health path of a runtime without "
+                        "one; 0: no probes, static replicas are then routable at once)")
     q = p.add_argument_group("queue and admission")
     q.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "256")),
                    help="requests that may wait per deployment; beyond: 429")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from infleet.runtimes import DEFAULT_ENGINE
 from infleet_gateway.replicas import DeploymentSpec, EndpointTable, ReplicaSpec
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ MANAGER = "infleet"
 LABEL_DEPLOYMENT = "infleet.io/deployment"
 LABEL_POOL = "infleet.io/pool"
 LABEL_ROLE = "infleet.io/role"
+ANNOTATION_RUNTIME = "infleet.io/runtime"  # the pod's serving stack; absent: infleet-worker
 WORKER_PORT = 8000
 SERVING_SELECTOR = f"{MANAGED_BY}={MANAGER},{LABEL_ROLE}=serving"
 GROUP, VERSION, PLURAL = "infleet.io", "v1alpha1", "inferencedeployments"
@@ -58,10 +60,13 @@ def replica_of(pod: Obj) -> tuple[Key, ReplicaSpec] | None:
     if not deployment or not ns or not ip or labels.get(LABEL_ROLE) != "serving":
         return None
     host = f"[{ip}]" if ":" in ip else ip
+    # The operator annotates each pod with the engine it rendered for the pool's family (what its own scraper
+    # reads), so a rollout from one runtime to another probes each pod as what it runs.
+    engine = (meta.get("annotations") or {}).get(ANNOTATION_RUNTIME) or DEFAULT_ENGINE
     return (ns, deployment), ReplicaSpec(
         replica_id=f"{ns}/{meta.get('name')}", url=f"http://{host}:{worker_port(pod)}",
         pool=labels.get(LABEL_POOL) or "default", ready=pod_ready(pod),
-        terminating=bool(meta.get("deletionTimestamp")))
+        terminating=bool(meta.get("deletionTimestamp")), engine=str(engine))
 
 
 def deployment_of(infd: Obj) -> tuple[Key, DeploymentSpec] | None:

@@ -1,7 +1,10 @@
-"""Worker probes: every `interval_s`, GET each replica's /metrics for its queue, running batch, KV usage and
-lifecycle state (docs/metrics.md, Worker section). The reading feeds the router while fresh, and the lifecycle
-state keeps warm and draining workers out of routing even before the API shows the change. In static mode a
-replica is routable only once a probe succeeded (so a worker started later is picked up without a restart)."""
+"""Replica probes: every `interval_s`, GET each replica's page for its runtime (infleet.runtimes, the mapping the
+operator's scraper reads too): the `/metrics` page of a runtime that has one (infleet-worker's `infleet_worker_*`,
+vLLM's `vllm:*`; docs/metrics.md, "Runtimes") for its queue, running batch, KV usage and lifecycle state, or the
+health path of one that has none (llama.cpp), which only says the replica answers. The reading feeds the router
+while fresh; without one the router goes by the gateway's own in-flight counts. The lifecycle state keeps warm and
+draining workers out of routing even before the API shows the change. In static mode a replica is routable only
+once a probe succeeded (so a worker started later is picked up without a restart)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from infleet.policy.routing import WorkerReading
+from infleet.runtimes import DEFAULT_ENGINE, RUNTIMES, MetricNames, Runtime
 from infleet_gateway.replicas import EndpointTable, Replica
 
 log = logging.getLogger(__name__)
@@ -21,19 +25,39 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class ParsedWorkerPage:
+    """One probe's reading; a series the page does not carry is None (unknown), never 0."""
+
     waiting: float | None
     running: float | None
     kv_usage: float | None
     state: str | None  # the lifecycle state whose gauge is 1, if the page has one
 
 
-def parse_worker_page(text: str) -> ParsedWorkerPage:
-    """The four series the router needs, read line by line (cheaper than a full exposition parse; the probe
-    runs for every replica every interval). Unknown or malformed lines are skipped."""
+ANSWERED = ParsedWorkerPage(waiting=None, running=None, kv_usage=None, state=None)  # a health path's 200
+
+
+def adapter_for(engine: str) -> Runtime:
+    """The runtime a replica runs; an engine this gateway does not know is probed as the default's (it logs)."""
+    adapter = RUNTIMES.get(engine)
+    if adapter is None:
+        log.warning("unknown runtime engine %r: probed as %s", engine, DEFAULT_ENGINE)
+        return RUNTIMES[DEFAULT_ENGINE]
+    return adapter
+
+
+def probe_path(adapter: Runtime) -> str:
+    return adapter.metrics_path if adapter.metrics is not None else adapter.health_path
+
+
+def parse_metrics_page(text: str, names: MetricNames) -> ParsedWorkerPage:
+    """The series the router needs, read line by line with one runtime's names (cheaper than a full exposition
+    parse; the probe runs for every replica every interval). Samples of one name are summed over their labels
+    (vLLM labels each by model and engine). Unknown or malformed lines are skipped."""
+    wanted = {n for n in (names.waiting, names.running, names.kv_usage, names.kv_usage_fallback) if n}
     values: dict[str, float] = {}
     state: str | None = None
     for line in text.splitlines():
-        if not line.startswith("infleet_worker_"):
+        if not line.startswith(names.marker):
             continue
         name, _, rest = line.partition("{")
         if not rest:
@@ -45,15 +69,25 @@ def parse_worker_page(text: str) -> ParsedWorkerPage:
             value = float(value_text.split()[0])
         except (ValueError, IndexError):
             continue
-        if name == "infleet_worker_lifecycle_state":
+        if name == names.lifecycle_state:
             if value == 1.0 and 'state="' in labels:
                 state = labels.split('state="', 1)[1].split('"', 1)[0]
-        elif name in ("infleet_worker_num_requests_waiting", "infleet_worker_num_requests_running",
-                      "infleet_worker_kv_cache_usage_perc"):
+        elif name in wanted:
             values[name] = values.get(name, 0.0) + value
-    return ParsedWorkerPage(waiting=values.get("infleet_worker_num_requests_waiting"),
-                            running=values.get("infleet_worker_num_requests_running"),
-                            kv_usage=values.get("infleet_worker_kv_cache_usage_perc"), state=state)
+
+    def get(name: str | None) -> float | None:
+        return values.get(name) if name else None
+
+    kv = get(names.kv_usage)
+    return ParsedWorkerPage(waiting=get(names.waiting), running=get(names.running),
+                            kv_usage=kv if kv is not None else get(names.kv_usage_fallback), state=state)
+
+
+def parse_worker_page(text: str, engine: str = DEFAULT_ENGINE) -> ParsedWorkerPage:
+    """A probe's page read for the replica's runtime: its metric names, or, for a runtime without a metrics page,
+    just "it answered" (no readings)."""
+    names = adapter_for(engine).metrics
+    return ANSWERED if names is None else parse_metrics_page(text, names)
 
 
 def apply_probe(replica: Replica, page: ParsedWorkerPage | None, now_s: float) -> bool:
@@ -77,18 +111,21 @@ class Prober:
         self.table, self.session, self.interval_s, self.clock = table, session, interval_s, clock
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def probe(self, url: str) -> ParsedWorkerPage | None:
+    async def probe(self, url: str, engine: str = DEFAULT_ENGINE) -> ParsedWorkerPage | None:
+        adapter = adapter_for(engine)
         try:
-            async with self.session.get(url + "/metrics", timeout=self.timeout) as resp:
+            async with self.session.get(url + probe_path(adapter), timeout=self.timeout) as resp:
                 if resp.status != 200:
                     return None
-                return parse_worker_page(await resp.text())
+                if adapter.metrics is None:
+                    return ANSWERED  # the body (a health page) says nothing more
+                return parse_metrics_page(await resp.text(), adapter.metrics)
         except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
             return None
 
     async def probe_all(self) -> None:
         pairs = self.table.all_replicas()
-        pages = await asyncio.gather(*(self.probe(r.spec.url) for _, r in pairs))
+        pages = await asyncio.gather(*(self.probe(r.spec.url, r.spec.engine) for _, r in pairs))
         now = self.clock()
         for (dep, replica), page in zip(pairs, pages, strict=True):
             if dep.replicas.get(replica.replica_id) is not replica:

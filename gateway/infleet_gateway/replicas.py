@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from infleet.policy.routing import ReplicaLoad, ReplicaState, WorkerReading
+from infleet.runtimes import DEFAULT_ENGINE
 
 DEFAULT_MAX_IN_FLIGHT = 16
 
@@ -22,6 +23,7 @@ class ReplicaSpec:
     ready: bool  # the pod is Ready (kube mode); static replicas start unready until probed
     terminating: bool = False
     capacity_rps: float | None = None
+    engine: str = DEFAULT_ENGINE  # the serving stack (`runtimes.<family>.engine`): what the probe reads
 
 
 @dataclass(kw_only=True)
@@ -138,7 +140,8 @@ class EndpointTable:
         if existing is None:
             dep.replicas[spec.replica_id] = Replica(spec=spec)
         else:
-            if existing.spec.url != spec.url:  # a new pod IP: what we learned about the old one is void
+            if (existing.spec.url, existing.spec.engine) != (spec.url, spec.engine):
+                # a new pod IP or serving stack: what we learned about the old one is void
                 existing.probe_ok, existing.worker_state, existing.worker = None, None, None
             existing.spec = spec
         self._changed(key)

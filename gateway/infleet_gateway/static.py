@@ -1,7 +1,7 @@
 """Static discovery for tests and development: the deployments and replica URLs come from a file
-(`--endpoints FILE`, YAML or JSON) or from `--endpoint MODEL=URL[,pool=NAME][,capacity=RPS]` flags. A static
-replica is routable once a probe of its /metrics succeeds (and its worker says `serving`), so workers may start
-before or after the gateway.
+(`--endpoints FILE`, YAML or JSON) or from `--endpoint MODEL=URL[,pool=NAME][,capacity=RPS][,engine=NAME]` flags.
+A static replica is routable once a probe succeeds (its runtime's /metrics page, and its worker says `serving`; for
+a runtime without metrics, its health path), so workers may start before or after the gateway.
 
     deployments:
       - model: tiny              # the `model` clients send
@@ -10,7 +10,8 @@ before or after the gateway.
         ttftP99Ms: 300           # optional SLO: the queue timeout derives from it
         p99LatencyMs: 2000
         replicas:
-          - {url: "http://127.0.0.1:18001", pool: cpu-a, capacityRps: 4}
+          - {url: "http://127.0.0.1:18001", pool: gpu-a, capacityRps: 4}
+          - {url: "http://127.0.0.1:18002", pool: cpu-a, engine: llama-cpp}  # default engine: infleet-worker
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from infleet.runtimes import DEFAULT_ENGINE, RUNTIMES
 from infleet_gateway.replicas import DeploymentSpec, EndpointTable, ReplicaSpec
 
 
@@ -36,6 +38,14 @@ class StaticReplica(_Strict):
     url: str = Field(pattern=r"^https?://[^/\s]+$")
     pool: str = "default"
     capacity_rps: float | None = Field(default=None, gt=0, alias="capacityRps")
+    engine: str = DEFAULT_ENGINE  # the replica's serving stack: which page its probe reads
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        if v not in RUNTIMES:
+            raise ValueError(f"unknown engine {v!r}; known: {', '.join(RUNTIMES)}")
+        return v
 
 
 class StaticDeployment(_Strict):
@@ -65,17 +75,18 @@ def load_file(path: Path) -> StaticEndpoints:
 
 
 def parse_endpoint_flag(flag: str) -> tuple[str, StaticReplica]:
-    """`MODEL=URL[,pool=NAME][,capacity=RPS]` -> (model, replica)."""
+    """`MODEL=URL[,pool=NAME][,capacity=RPS][,engine=NAME]` -> (model, replica)."""
     model, sep, rest = flag.partition("=")
     if not sep or not model or not rest:
-        raise ConfigError(f"--endpoint {flag!r}: expected MODEL=URL[,pool=NAME][,capacity=RPS]")
+        raise ConfigError(f"--endpoint {flag!r}: expected MODEL=URL[,pool=NAME][,capacity=RPS][,engine=NAME]")
     url, *options = rest.split(",")
     fields: dict[str, object] = {"url": url}
+    keys = {"pool": "pool", "capacity": "capacityRps", "engine": "engine"}
     for option in options:
         k, eq, v = option.partition("=")
-        if not eq or k not in ("pool", "capacity"):
-            raise ConfigError(f"--endpoint {flag!r}: unknown option {option!r} (pool=NAME, capacity=RPS)")
-        fields["pool" if k == "pool" else "capacityRps"] = v
+        if not eq or k not in keys:
+            raise ConfigError(f"--endpoint {flag!r}: unknown option {option!r} (pool=NAME, capacity=RPS, engine=NAME)")
+        fields[keys[k]] = v
     try:
         return model, StaticReplica.model_validate(fields)
     except ValidationError as exc:
@@ -102,7 +113,7 @@ def fill(table: EndpointTable, endpoints: StaticEndpoints) -> None:
         table.upsert_deployment(spec)
         table.replace_replicas((spec.namespace, spec.name), [
             ReplicaSpec(replica_id=r.url, url=r.url.rstrip("/"), pool=r.pool, ready=True,
-                        capacity_rps=r.capacity_rps) for r in d.replicas])
+                        capacity_rps=r.capacity_rps, engine=r.engine) for r in d.replicas])
 
 
 def _describe(exc: ValidationError) -> str:

@@ -58,6 +58,9 @@ class MetricNames:
     generation_tokens: str | None
     energy_joules: str | None = None
     energy_measurable: str | None = None
+    # The gateway's probe also reads these (gateway/infleet_gateway/probe.py):
+    kv_usage_fallback: str | None = None  # an older release's name for kv_usage, read only when kv_usage is absent
+    lifecycle_state: str | None = None  # a gauge that is 1 on the label `state` the replica is in (warm, draining)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +114,9 @@ class Runtime:
     quantisation: str  # one line for docs/runtimes.md
     version: str  # the upstream version whose flags, endpoints and metric names the adapter follows
     metrics_path: str = "/metrics"
+    # A GET that answers 200 once the model is loaded, without waiting behind requests in flight: what the gateway
+    # probes for a runtime with no metrics page (for the others it probes `metrics_path`).
+    health_path: str = "/health"
     container_name: str = "server"
     admin_token: bool = False  # mount infleet-worker's admin token Secret into the container
 

@@ -32,6 +32,7 @@ METRICS = MetricNames(
     generation_tokens="infleet_worker_generation_tokens_total",
     energy_joules="infleet_worker_energy_joules_total",
     energy_measurable="infleet_worker_energy_measurable",
+    lifecycle_state="infleet_worker_lifecycle_state",
 )
 
 
@@ -73,6 +74,7 @@ RUNTIME = Runtime(
     sim=ServiceDefaults(promote_s=2.0),  # readiness flip plus endpoint propagation
     quantisation="weights in the checkpoint's dtype (bf16/fp16/fp32)",
     version=__version__,
+    health_path="/readyz",
     container_name="worker",
     admin_token=True,
 )

@@ -2,10 +2,16 @@
 llama-cpp-python 0.3.36. Run for real in tests/integration/runtimes (a GGUF built offline, loopback only).
 
 Arguments: `--model <file.gguf> --model_alias <served name> --host 0.0.0.0 --port 8000 --n_threads <vCPUs>
---n_ctx 2048`. The server has no health or metrics endpoint: readiness and liveness probe `GET /v1/models` (it
-answers only once the model is loaded), and the operator, which finds no `/metrics` page, scales this pool on the
-gateway's per-pool signals. No warm standby: a warm replica is a cold replica that never takes traffic until the
-serving Deployment is scaled. Drain is SIGTERM (uvicorn's graceful shutdown finishes in-flight requests).
+--n_ctx 2048 --interrupt_requests False`. The server answers one request at a time behind a model lock; by default
+(`interrupt_requests`) any request that queues on that lock, `GET /v1/models` included, ends the stream in flight
+early, so the adapter turns that off: concurrent requests wait their turn instead of cutting each other short.
+
+The server has no health or metrics endpoint, and `/v1/models` waits behind the model lock (a probe of it times out
+while a long request runs). It binds its port only after loading the model, so any answer means loaded: the
+probes (kubelet's and the gateway's) `GET /docs`, FastAPI's page, which takes no lock. The operator, which finds no
+`/metrics` page, scales this pool on the gateway's per-pool signals, and the gateway routes on its own in-flight
+counts. No warm standby: a warm replica is a cold replica that never takes traffic until the serving Deployment
+is scaled. Drain is SIGTERM (uvicorn's graceful shutdown finishes in-flight requests).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from infleet.runtimes.base import SERVING_PORT, Drain, Launch, Runtime, ServiceD
 
 VERSION = "0.3.36"
 DEFAULT_CONTEXT = "2048"
+# Lock-free and answered only once the model is loaded (see above); /v1/models queues behind generation.
+HEALTH_PATH = "/docs"
 
 
 def threads(ctx: ServingContext) -> int:
@@ -37,9 +45,11 @@ def launch(ctx: ServingContext) -> Launch:
             str(threads(ctx)),
             "--n_ctx",
             DEFAULT_CONTEXT,
+            "--interrupt_requests",
+            "False",
         ],
-        readiness_path="/v1/models",
-        liveness_path="/v1/models",
+        readiness_path=HEALTH_PATH,
+        liveness_path=HEALTH_PATH,
     )
 
 
@@ -54,4 +64,5 @@ RUNTIME = Runtime(
     sim=ServiceDefaults(promote_s=None),
     quantisation="GGUF: F32/F16/BF16, Q8_0, Q4_K_M and the other llama.cpp types (verified here: F32 and Q8_0)",
     version=VERSION,
+    health_path=HEALTH_PATH,
 )

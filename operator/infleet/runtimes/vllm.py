@@ -42,6 +42,7 @@ METRICS = MetricNames(
     ttft_bucket="vllm:time_to_first_token_seconds_bucket",
     prompt_tokens="vllm:prompt_tokens_total",
     generation_tokens="vllm:generation_tokens_total",
+    kv_usage_fallback="vllm:gpu_cache_usage_perc",  # V0's name, deprecated in v0.10 (the gateway reads either)
 )
 
 # Waits for /health, then POST /sleep?level=1; python3 is in every vLLM image (curl is not guaranteed).

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,11 +41,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rendered_command(gguf: Path) -> list[str]:
-    """The container's command + args, as the operator renders them for a CPU pool running llama-cpp."""
+def rendered_container(gguf: Path) -> dict[str, Any]:
+    """The container as the operator renders it for a CPU pool running llama-cpp."""
     w = Workload(OWNER, CPU_POOL, "serving", 1, "tiny", ContainerOverrides(engine="llama-cpp"), f"file://{gguf}")
-    c = render_deployment(w)["spec"]["template"]["spec"]["containers"][0]
+    c: dict[str, Any] = render_deployment(w)["spec"]["template"]["spec"]["containers"][0]
+    return c
+
+
+def rendered_command(gguf: Path) -> list[str]:
+    c = rendered_container(gguf)
     return [*c["command"], *c["args"]]
+
+
+READINESS_PATH = rendered_container(Path("/m.gguf"))["readinessProbe"]["httpGet"]["path"]
 
 
 def on_loopback(command: list[str], port: int) -> list[str]:
@@ -77,8 +86,8 @@ def start(gguf: Path, log: Path) -> Server:
         if process.poll() is not None:
             raise AssertionError(f"llama_cpp.server exited {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            # The readiness probe the operator renders: it answers once the model is loaded.
-            if httpx.get(f"{base}/v1/models", timeout=1, trust_env=False).status_code == 200:
+            # The readiness probe the operator renders: the server binds only once the model is loaded.
+            if httpx.get(f"{base}{READINESS_PATH}", timeout=1, trust_env=False).status_code == 200:
                 return Server(process, base, command)
         except httpx.HTTPError:
             pass
@@ -160,7 +169,8 @@ def test_sigterm_drains_the_request_in_flight(checkpoint: TinyCheckpoint, tmp_pa
     def ask() -> None:
         # End-of-text banned, so the request runs its full length: 2,000 tokens, nearly the rendered 2,048-token
         # context, so it is still running at SIGTERM on a fast machine (400 tokens finished inside the 0.5 s wait).
-        result.append(s.client().completions.create(
+        # 2,000 tokens take over a minute on 2 loaded cores: a longer client timeout than the other tests'.
+        result.append(s.client().with_options(timeout=300).completions.create(
             model="tiny", prompt="The quick brown fox", max_tokens=2000, temperature=0,
             logit_bias={str(t): -100 for t in checkpoint.eos_ids}))
 
@@ -179,3 +189,52 @@ def test_sigterm_drains_the_request_in_flight(checkpoint: TinyCheckpoint, tmp_pa
     assert completion.usage is not None and completion.usage.completion_tokens == 2000  # type: ignore[attr-defined]
     text = log.read_text()
     assert text.index("Shutting down") < text.index('"POST /v1/completions HTTP/1.1" 200') < text.index("Finished")
+
+
+def test_probes_answer_at_once_and_leave_the_stream_in_flight_whole(checkpoint: TinyCheckpoint,
+                                                                    tmp_path: Path) -> None:
+    """The server generates behind one model lock. A probe of `/v1/models` queues on it (and, with the server's
+    default `interrupt_requests`, ends the running stream early); the rendered probe path and the gateway's probe
+    take no lock: they answer while a 600-token stream runs, and the stream still runs to its length."""
+    import asyncio
+
+    import aiohttp
+
+    from infleet_gateway.probe import ANSWERED, Prober
+    from infleet_gateway.replicas import EndpointTable
+
+    s = start(write_gguf(checkpoint.path, tmp_path / "t.gguf"), tmp_path / "server.log")
+    tokens: list[int] = []
+
+    def ask() -> None:
+        stream = s.client().completions.create(model="tiny", prompt="The quick brown fox", max_tokens=600,
+                                               temperature=0, stream=True,
+                                               logit_bias={str(t): -100 for t in checkpoint.eos_ids})
+        last = None
+        for chunk in stream:
+            tokens.append(1)
+            last = chunk.choices[0].finish_reason or last
+        tokens.append(0 if last == "length" else -1)
+
+    async def probe() -> tuple[object, float]:
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            page = await Prober(EndpointTable(), session, interval_s=1.0).probe(s.base, "llama-cpp")
+            return page, time.monotonic() - started
+
+    try:
+        asker = threading.Thread(target=ask)
+        asker.start()
+        deadline = time.monotonic() + 30
+        while not tokens and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tokens, "the stream did not start"
+        page, took = asyncio.run(probe())
+        assert page == ANSWERED and took < 1.0
+        assert httpx.get(f"{s.base}{READINESS_PATH}", timeout=1, trust_env=False).status_code == 200
+        assert asker.is_alive(), "the stream finished before the probes: nothing was in flight"
+        asker.join(180)
+    finally:
+        stop(s)
+    # A stream cut short ends with [DONE] (or a broken connection) and no finish_reason.
+    assert tokens[-1] == 0, "the stream did not end with finish_reason=length"

@@ -104,13 +104,16 @@ def test_tpu_tensor_parallel_is_the_chips_per_replica() -> None:
     assert c["resources"]["limits"] == {"google.com/tpu": "8"}
 
 
-def test_llamacpp_threads_follow_the_replicas_vcpus_and_probes_need_the_model_loaded() -> None:
+def test_llamacpp_threads_follow_the_replicas_vcpus_and_probes_take_no_model_lock() -> None:
     c = container(CPU, "llama-cpp", image="example/llama:1")
     assert c["image"] == "example/llama:1"
     assert c["command"] == ["python3", "-m", "llama_cpp.server"]
     assert flag(c["args"], "--n_threads") == "8"  # 2 slices x 4 vCPUs
     assert flag(c["args"], "--model_alias") == "llama-3-8b"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/v1/models"
+    # A request queued on the model lock (GET /v1/models too) would end the stream in flight early.
+    assert flag(c["args"], "--interrupt_requests") == "False"
+    # The server binds only once the model is loaded; /docs answers without waiting behind generation.
+    assert c["readinessProbe"]["httpGet"]["path"] == c["livenessProbe"]["httpGet"]["path"] == "/docs"
     assert c["resources"]["requests"] == {"memory": "2Gi", "cpu": "8"}
 
 
