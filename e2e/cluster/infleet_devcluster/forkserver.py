@@ -267,16 +267,17 @@ class ForkServerLauncher:
 
 
 class ExecLauncher:
-    """One ``infleet-worker`` process per pod (each imports torch itself)."""
+    """One ``infleet-worker`` process per pod (each imports torch itself); with ``command``, that program instead
+    (the pod runner's llama.cpp pods: ``python -m llama_cpp.server``)."""
 
-    def __init__(self, worker: Path | None = None) -> None:
-        self.worker = worker or Path(sys.executable).parent / "infleet-worker"
+    def __init__(self, worker: Path | None = None, command: Sequence[str] | None = None) -> None:
+        self.command = list(command) if command else [str(worker or Path(sys.executable).parent / "infleet-worker")]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def spawn(self, key: str, argv: Sequence[str], env: Mapping[str, str], log: Path, threads: int) -> int:
         with log.open("ab") as fh:
             proc = subprocess.Popen(
-                [str(self.worker), *argv], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [*self.command, *argv], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**env, "OMP_NUM_THREADS": str(threads)}, start_new_session=True,
             )
         self.procs[key] = proc

@@ -4,18 +4,20 @@ kwok plays the kubelet of every simulated node, and a pod there runs nothing. In
 ``infleet.dev/run-pods=true`` an admission policy labels each new pod the same way; kwok's stages leave such pods
 alone and this runner plays their kubelet instead:
 
-- it gives the pod an address of the cluster's *running* range (``podnet``) and starts an ``infleet-worker``
-  process listening there with the pod's arguments and environment (``podspec``), after the pod's pool's
-  declared cold start times ``cold_start_scale`` (0 by default: no waiting);
-- the pod turns Ready only when the container's readiness probe (``GET /readyz``) answers 2xx/3xx, and back to
-  not Ready when it stops answering;
+- it gives the pod an address of the cluster's *running* range (``podnet``) and starts the pod's runtime there,
+  with the pod's arguments and environment (``podspec``), after the pod's pool's declared cold start times
+  ``cold_start_scale`` (0 by default: no waiting): an ``infleet-worker`` process, or for a pod of the
+  ``llama-cpp`` engine llama-cpp-python's server (``python -m llama_cpp.server``, this machine's Python, one
+  process per pod: it shares nothing with the workers' fork server);
+- the pod turns Ready only when the container's readiness probe (its ``httpGet`` path: ``/readyz`` for the
+  worker, ``/docs`` for llama.cpp) answers 2xx/3xx, and back to not Ready when it stops answering;
 - a worker that exits shows in the pod's status (``lastState.terminated`` with its exit code, ``Ready=False``,
   ``CrashLoopBackOff``) and is restarted after the kubelet's back-off (10 s, doubling, at most 5 min);
 - deleting the pod sends SIGTERM, waits up to the pod's grace period, sends SIGKILL if needed, then removes the
   pod object (grace 0), as the kubelet does.
 
-A pod whose container is not ``infleet-worker`` (anything else a user creates in an opted-in namespace) is
-simulated as kwok would: Running and Ready at once, with no process.
+A pod whose container is neither (anything else a user creates in an opted-in namespace) is simulated as kwok
+would: Running and Ready at once, with no process.
 
 Workers are forked from one server that has imported torch once (``forkserver``), and at most ``max_workers``
 run at a time: a pod beyond the cap waits with reason ``RunnerCapacity`` and a message saying so.
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ from infleet_devcluster.kubeapi import KubeAPI, PodWatch
 from infleet_devcluster.podnet import AddressPool
 from infleet_devcluster.podspec import (
     INHERITED_ENV,
+    LLAMACPP_MODULE,
     RUN_PODS_LABEL,
     PodNotRunnable,
     WorkerLaunch,
@@ -136,6 +140,8 @@ class PodRunner:
         self._stopping = False
         self.launcher: Launcher | None = None
         self.launcher_error = ""
+        # llama.cpp pods: one plain process each (no fork server: llama_cpp shares nothing with the workers)
+        self.llamacpp = ExecLauncher(command=[sys.executable, "-m", LLAMACPP_MODULE])
         self.probe_http = httpx.Client(timeout=1.0, trust_env=False)  # one client: no TLS set-up per probe
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
@@ -193,6 +199,7 @@ class PodRunner:
         self.watch.stop()
         if self.launcher is not None:
             self.launcher.close()
+        self.llamacpp.close()
         self.tracked.clear()
         self._write_state()
 
@@ -206,8 +213,9 @@ class PodRunner:
                 self._begin_termination(t, pod, now)
         for uid in set(self.tracked) - set(pods):
             self._forget(self.tracked[uid])
-        if self.launcher is not None:
-            for ex in self.launcher.exits():
+        launchers: list[Launcher] = [self.llamacpp] if self.launcher is None else [self.launcher, self.llamacpp]
+        for launcher in launchers:
+            for ex in launcher.exits():
                 exited = self.tracked.get(ex.key)
                 if exited is not None and exited.pid == ex.pid:
                     self._on_exit(exited, ex.code, now)
@@ -271,7 +279,7 @@ class PodRunner:
             t.spawn_at = now + 5
             return False
         try:
-            launch = plan_launch(t.pod, t.ip, self._lookup)
+            launch = plan_launch(t.pod, t.ip, self._lookup, self.config.threads_per_worker)
         except PodNotRunnable as exc:
             if exc.reason == "Unsupported":
                 log.info("pod %s is simulated: %s", t.key, exc)
@@ -290,12 +298,13 @@ class PodRunner:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env.update(launch.env)
         logfile = self.pods_dir / f"{t.namespace}_{t.name}.log"
-        t.pid = self.launcher.spawn(t.uid, launch.argv, env, logfile, self.config.threads_per_worker)
+        launcher = self.llamacpp if launch.program == "llama-cpp" else self.launcher
+        t.pid = launcher.spawn(t.uid, launch.argv, env, logfile, self.config.threads_per_worker)
         if t.last_exit is not None:
             t.restart_count += 1
         t.launch, t.started_at, t.ready, t.next_probe = launch, now, False, now
         t.reason, t.message = "", ""
-        log.info("pod %s: worker pid %d on %s:%d (log %s)", t.key, t.pid, t.ip, launch.port, logfile)
+        log.info("pod %s: %s pid %d on %s:%d (log %s)", t.key, launch.program, t.pid, t.ip, launch.port, logfile)
         return True
 
     def _probe(self, t: Tracked, now: float) -> None:

@@ -1,10 +1,18 @@
-"""Pure translation between a Pod object and the local worker process that plays its container.
+"""Pure translation between a Pod object and the local process that plays its container.
 
-A pod the runner plays must have one container whose command is ``infleet-worker`` (what the operator renders,
-``infleet.controller.manifests``). Its arguments are kept, except three that only make sense on a real node:
-``--device`` becomes ``cpu`` (the accelerators are simulated), ``--model`` becomes ``tiny`` unless it names a
-checkpoint directory that exists on this machine (a test writes one and declares ``source: file:///...``), and
-``--host`` is the pod's loopback IP. Environment variables are resolved as the kubelet would (literal values,
+A pod the runner plays must have one container whose command is one the operator renders
+(``infleet.controller.manifests`` through the runtime adapters):
+
+- ``infleet-worker``: its arguments are kept, except three that only make sense on a real node: ``--device``
+  becomes ``cpu`` (the accelerators are simulated), ``--model`` becomes ``tiny`` unless it names a checkpoint
+  directory that exists on this machine (a test writes one and declares ``source: file:///...``), and ``--host``
+  is the pod's loopback IP;
+- ``python3 -m llama_cpp.server`` (the ``llama-cpp`` engine): run with this machine's Python (which has the
+  ``llamacpp`` extra), the pod's arguments kept except ``--host`` (the pod's IP) and ``--n_threads`` /
+  ``--n_threads_batch`` (the runner's threads per worker, not the pod's vCPUs). ``--model`` is kept: it must name a
+  GGUF file that exists on this machine (a test writes one and declares ``source: file:///.../model.gguf``);
+  otherwise the server exits and the pod shows it, as a real one would.
+ Environment variables are resolved as the kubelet would (literal values,
 ``secretKeyRef``, ``configMapKeyRef``, ``fieldRef``); a missing Secret or key is the kubelet's
 ``CreateContainerConfigError``.
 """
@@ -15,9 +23,10 @@ import base64
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 WORKER_COMMAND = "infleet-worker"
+LLAMACPP_MODULE = "llama_cpp.server"  # `python3 -m llama_cpp.server`: infleet.runtimes.llamacpp's command
 DEFAULT_PORT = 8000
 DEFAULT_GRACE_S = 30.0
 RUN_PODS_LABEL = "infleet.dev/run-pods"
@@ -49,6 +58,7 @@ class Probe:
 class WorkerLaunch:
     """Everything needed to start, probe and stop the process behind one pod."""
 
+    program: Literal["infleet-worker", "llama-cpp"] = "infleet-worker"  # what ``argv`` is given to
     container: str
     image: str
     argv: tuple[str, ...]  # arguments after the command, host/device/model rewritten
@@ -98,6 +108,18 @@ def worker_argv(args: Sequence[str], host: str) -> tuple[str, ...]:
     out = _set_flag(out, "--device", "cpu")
     out = _set_flag(out, "--host", host)
     return tuple(out)
+
+
+def llamacpp_argv(args: Sequence[str], host: str, threads: int) -> tuple[str, ...]:
+    """llama_cpp.server's arguments on the local cluster: the pod's, on the pod's IP and the runner's threads."""
+    out = _set_flag(args, "--host", host)
+    out = _set_flag(out, "--n_threads", str(threads))
+    return tuple(_set_flag(out, "--n_threads_batch", str(threads)))
+
+
+def _is_llamacpp(command: Sequence[str]) -> bool:
+    return len(command) >= 3 and Path(command[0]).name.startswith("python") and list(command[1:3]) == [
+        "-m", LLAMACPP_MODULE]
 
 
 def _field_ref(pod: Pod, path: str, pod_ip: str) -> str:
@@ -168,21 +190,28 @@ def _probe(container: Mapping[str, Any], port: int) -> Probe:
     return Probe(path=str(http.get("path", "/readyz")), port=probe_port, period_s=float(spec.get("periodSeconds", 10)))
 
 
-def plan_launch(pod: Pod, host: str, lookup: DataLookup) -> WorkerLaunch:
+def plan_launch(pod: Pod, host: str, lookup: DataLookup, threads: int = 1) -> WorkerLaunch:
     """How to run ``pod`` on ``host``; :class:`PodNotRunnable` says why it cannot be."""
     containers = pod.get("spec", {}).get("containers") or []
     if len(containers) != 1:
         raise PodNotRunnable("Unsupported", f"the pod runner plays one-container pods, this one has {len(containers)}")
     c = containers[0]
     command = list(c.get("command") or [])
-    if not command or Path(command[0]).name != WORKER_COMMAND:
-        raise PodNotRunnable("Unsupported", f"the pod runner only runs {WORKER_COMMAND}; command is {command!r}")
-    args = [*command[1:], *(c.get("args") or [])]
+    program: Literal["infleet-worker", "llama-cpp"]
+    if command and Path(command[0]).name == WORKER_COMMAND:
+        program, args = "infleet-worker", [*command[1:], *(c.get("args") or [])]
+        argv = worker_argv(args, host)
+    elif _is_llamacpp(command):
+        program, args = "llama-cpp", [*command[3:], *(c.get("args") or [])]
+        argv = llamacpp_argv(args, host, threads)
+    else:
+        raise PodNotRunnable("Unsupported", f"the pod runner only runs {WORKER_COMMAND} and python3 -m "
+                                            f"{LLAMACPP_MODULE}; command is {command!r}")
     port = int(_flag_value(args, "--port") or DEFAULT_PORT)
     grace = pod.get("spec", {}).get("terminationGracePeriodSeconds")
     return WorkerLaunch(
-        container=str(c.get("name", "worker")), image=str(c.get("image", "")),
-        argv=worker_argv(args, host), env=resolve_env(pod, c, lookup, host), port=port,
+        program=program, container=str(c.get("name", "worker")), image=str(c.get("image", "")),
+        argv=argv, env=resolve_env(pod, c, lookup, host), port=port,
         readiness=_probe(c, port), grace_s=DEFAULT_GRACE_S if grace is None else float(grace),
         pool=str((pod.get("metadata", {}).get("labels") or {}).get(POOL_LABEL, "")),
     )

@@ -179,3 +179,34 @@ def test_bad_runner_flags_are_refused_before_anything_starts(capsys: pytest.Capt
     assert "--max-workers must be >= 1, got 0" in capsys.readouterr().err
     assert cli.main(["up", "--cold-start-scale", "-1"]) == 1
     assert "--cold-start-scale must be >= 0" in capsys.readouterr().err
+
+
+def test_a_llamacpp_pod_runs_the_server_the_operator_rendered_on_the_pod_ip() -> None:
+    """The operator's own rendering of a llama-cpp CPU pod: the runner keeps its arguments (the GGUF path, the
+    served name, `--interrupt_requests False`) and moves host and threads to the local machine's."""
+    from infleet.controller.manifests import ContainerOverrides, Owner, PoolRuntime, Workload, render_deployment
+
+    owner = Owner("infleet.io/v1alpha1", "InferenceDeployment", "chat", "ns1", "uid-1")
+    pool = PoolRuntime(name="cpu", device="cpu", node_selector={}, resource_name="cpu", devices_per_replica=1,
+                       units_per_device=8, default_requests={})
+    w = Workload(owner, pool, "serving", 1, "tiny-chat", ContainerOverrides(engine="llama-cpp"), "file:///m/t.gguf")
+    template = render_deployment(w)["spec"]["template"]
+    pod = {"metadata": {**template["metadata"], "name": "chat-cpu-abc", "namespace": "ns1", "uid": "u1"},
+           "spec": {**template["spec"], "nodeName": "cpu-on-demand-0000"}}
+    launch = plan_launch(pod, "127.96.0.9", _no_data, threads=1)
+    argv = list(launch.argv)
+    assert launch.program == "llama-cpp"
+    assert argv[argv.index("--model") + 1] == "/m/t.gguf"
+    assert argv[argv.index("--model_alias") + 1] == "tiny-chat"
+    assert argv[argv.index("--host") + 1] == "127.96.0.9"
+    assert argv[argv.index("--n_threads") + 1] == argv[argv.index("--n_threads_batch") + 1] == "1"
+    assert argv[argv.index("--interrupt_requests") + 1] == "False"
+    assert (launch.port, launch.readiness.path) == (8000, "/docs")
+    assert plan_launch(_pod(OPERATOR_ARGS), "127.96.0.7", _no_data).program == "infleet-worker"
+
+
+def test_other_python_commands_stay_simulated() -> None:
+    pod = _pod([])
+    pod["spec"]["containers"][0]["command"] = ["python3", "-m", "http.server"]
+    with pytest.raises(PodNotRunnable, match="only runs"):
+        plan_launch(pod, "127.96.0.7", _no_data)
