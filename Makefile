@@ -66,9 +66,10 @@ test: lint typecheck tools
 # Closed-loop scenarios (e2e/closedloop): their own cluster (.cache/e2e-cluster, ports at offset + 30), so they
 # pass before or after `make demo` and `make test`. Each scenario runs the operator and an infleet-gateway --kube
 # against its own namespace and sends trace load through the gateway with the openai SDK: steady, burst-warm,
-# burst-cold, scale-from-zero, spot-reclaim, operator-kill, worker-kill, then sim-to-real (infleet simulate on the
-# same load). Reports in .cache/e2e/<scenario>/report.json and .cache/e2e/sim-to-real.{json,png}; fails on any
-# lost or duplicated request. E2E_ARGS="--length-scale 5" for the long (benchmark) variants.
+# burst-cold, scale-from-zero, spot-reclaim, operator-kill, worker-kill, mixed-runtimes (llama.cpp on the CPU pool,
+# infleet-worker on an nvidia-gpu pool), then sim-to-real (infleet simulate on the same load). Reports in
+# .cache/e2e/<scenario>/report.json and .cache/e2e/sim-to-real.{json,png}; fails on any lost or duplicated request.
+# E2E_ARGS="--length-scale 5" for the long (benchmark) variants.
 E2E_ARGS ?=
 e2e: tools
 	PYTHONPATH=e2e$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m closedloop $(E2E_ARGS)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -284,9 +287,94 @@ def worker_kill(run: Run) -> Outcome:
     return trace_outcome(run, name, driven, {pool: CPU_PRICE_PER_DEVICE_HOUR}, "azure-llm-2023-conv 3 rps, worker -9")
 
 
+L4_PRICE_PER_DEVICE_HOUR = 1.1504  # g6.12xlarge $4.6016/h over 4 L4s (examples/pools.yaml)
+SERVED_LINE = re.compile(r'"POST /v1/(chat/)?completions HTTP/1\.1" 200')  # uvicorn's and aiohttp's access logs
+
+
+def l4_pool(name: str, cold_start_s: int = 90) -> dict[str, Any]:
+    """An nvidia-gpu pool on the simulated l4-on-demand nodes (the pod runner plays its pods on the CPU), profiled
+    for the tiny model class like the CPU pool, so routing has no reason to prefer either."""
+    return {
+        "apiVersion": "infleet.io/v1alpha1", "kind": "AcceleratorPool", "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"karpenter.sh/nodepool": "l4-on-demand"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
+                             "effect": "NoSchedule"}],
+            "accelerator": {"family": "nvidia-gpu", "product": "NVIDIA-L4", "resourceName": "nvidia.com/gpu",
+                            "devicesPerNode": 4, "memoryGiBPerDevice": 22.5},
+            "capacityType": "on-demand", "pricePerDeviceHourUSD": L4_PRICE_PER_DEVICE_HOUR,
+            "coldStartSeconds": cold_start_s,
+            "performanceProfiles": [{"modelClass": "llm-0.5b", "tokensPerSecond": 60, "requestsPerSecond": 2,
+                                     "latencyBoundMs": 800}],
+        },
+    }
+
+
+def write_tiny_gguf(out_dir: Path) -> Path:
+    """The tiny Llama checkpoint the worker tests build, written as an F32 GGUF (what
+    tests/integration/runtimes runs llama.cpp on); imported at run time, as the e2e package does not ship tests."""
+    hf = importlib.import_module("tests.unit.worker.hf_checkpoint")
+    gguf = importlib.import_module("tests.integration.runtimes.gguf_checkpoint")
+    checkpoint = hf.build_checkpoint(out_dir / "tiny-hf")
+    return Path(gguf.write_gguf(checkpoint.path, out_dir / "tiny.gguf")).resolve()
+
+
+def served_lines(log: Path) -> int:
+    """Completions a replica answered with 200, from its process's access log (the pod runner keeps one per pod)."""
+    return len(SERVED_LINE.findall(log.read_text(errors="replace"))) if log.exists() else 0
+
+
+def mixed_runtimes(run: Run) -> Outcome:
+    """One deployment on two families with two serving stacks: its CPU pool runs llama.cpp (llama-cpp-python's
+    server on a GGUF written here), its nvidia-gpu pool infleet-worker (played on the CPU by the pod runner). The
+    CPU pool holds one replica (maxDevices 1), so of the two replicas one lands on each pool. 40 streamed requests,
+    4 at once every second, go through the gateway, which probes each replica as its runtime (llama.cpp: readiness
+    only, routed on the gateway's in-flight count). Fails
+    unless both runtimes served requests (counted in each process's own access log) and their sum is what the
+    clients got."""
+    cpu, gpu, name = f"{run.namespace}-cpu", f"{run.namespace}-l4", "mixed"
+    gguf = write_tiny_gguf(run.out_dir)
+    cpu_manifest = cpu_pool(cpu)
+    cpu_manifest["spec"]["maxDevices"] = 1
+    run.apply_cluster_scoped(cpu_manifest)
+    run.apply_cluster_scoped(l4_pool(gpu))
+    d = trace_deployment(name, [cpu, gpu], min_replicas=2, max_replicas=2)
+    d["spec"]["model"].update({"source": f"file://{gguf}", "families": ["cpu", "nvidia-gpu"]})
+    d["spec"]["model"]["runtimes"] = {"cpu": {"engine": "llama-cpp"}}
+    d["spec"]["placement"]["families"] = ["cpu", "nvidia-gpu"]
+    run.apply(d)
+
+    def one_ready_per_pool() -> dict[str, dict[str, Any]] | None:
+        by_pool = {p["metadata"]["labels"].get("infleet.io/pool"): p for p in run.ready_pods(name)}
+        return by_pool if {cpu, gpu} <= set(by_pool) else None
+
+    pods = wait_for(f"a Ready serving pod of {name} on {cpu} and on {gpu}", one_ready_per_pool, timeout=180)
+    engines = {pool: (p["metadata"].get("annotations") or {}).get("infleet.io/runtime", "infleet-worker")
+               for pool, p in pods.items()}
+    if engines != {cpu: "llama-cpp", gpu: "infleet-worker"}:
+        raise AssertionError(f"the pools' pods run {engines}, not llama-cpp on {cpu} and infleet-worker on {gpu}")
+    logs = {engines[pool]: run.cluster.layout.run / "pods" / f"{run.namespace}_{p['metadata']['name']}.log"
+            for pool, p in pods.items()}
+    before = {engine: served_lines(log) for engine, log in logs.items()}
+    # Bursts of 4 at once: with one request at a time the router's tie-break (replica id) would send nearly all of
+    # them to one replica; overlapping requests go to the least loaded, so both runtimes take their share.
+    arrivals = [Arrival(at_s=float(i // 4), prompt_words=12, max_tokens=32) for i in range(40)]
+    driven = drive(run, name, arrivals, timeout_s=60)
+    by_runtime = {engine: served_lines(log) - before[engine] for engine, log in logs.items()}
+    served = len(driven.log.served())
+    if min(by_runtime.values()) == 0:
+        raise AssertionError(f"a runtime served nothing: {by_runtime} of {served} served requests")
+    if sum(by_runtime.values()) != served:
+        raise AssertionError(f"the replicas' access logs count {by_runtime}, the clients got {served} answers")
+    return trace_outcome(run, name, driven, {cpu: CPU_PRICE_PER_DEVICE_HOUR, gpu: L4_PRICE_PER_DEVICE_HOUR},
+                         "40 requests, 4 at once each second, llama.cpp on cpu + infleet-worker on nvidia-gpu",
+                         {"served_by_runtime": by_runtime, "engine_by_pool": engines})
+
+
 SCENARIOS: dict[str, Callable[[Run], Outcome]] = {
     "steady": steady, "burst-warm": burst_warm, "burst-cold": burst_cold, "scale-from-zero": scale_from_zero,
     "spot-reclaim": spot_reclaim, "operator-kill": operator_kill, "worker-kill": worker_kill,
+    "mixed-runtimes": mixed_runtimes,
 }
 EXTRA_SCENARIOS: dict[str, Callable[[Run], Outcome]] = {"smoke": smoke, "warm-promotion": warm_promotion}
 FAULT_SCENARIOS = {"spot-reclaim", "operator-kill", "worker-kill", "scale-from-zero"}
