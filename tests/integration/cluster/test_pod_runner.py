@@ -196,3 +196,54 @@ def test_pods_in_other_namespaces_stay_simulated(cluster: TestCluster) -> None:
         assert worker_of(cluster, name, pod["metadata"]["name"]) is None
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
+
+
+def test_a_llamacpp_pod_runs_its_real_server_on_the_pod_ip(
+    cluster: TestCluster, ns: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A Deployment exactly as the operator renders a CPU pool running `llama-cpp`, its model a GGUF written here:
+    the runner starts llama-cpp-python's server on the pod IP (not a simulated container), the pod turns Ready on
+    the rendered probe path, the server answers the OpenAI API there, and deleting the pod stops it."""
+    pytest.importorskip("llama_cpp.server", reason="the llamacpp extra is not installed")
+    from infleet.controller.manifests import ContainerOverrides, Owner, PoolRuntime, Workload, render_deployment
+    from tests.integration.runtimes.gguf_checkpoint import write_gguf
+    from tests.unit.worker.hf_checkpoint import build_checkpoint
+
+    out = tmp_path_factory.mktemp("llama-pod")
+    gguf = write_gguf(build_checkpoint(out / "hf").path, out / "tiny.gguf")
+    app = f"l-{uuid.uuid4().hex[:5]}"
+    owner = Owner("infleet.io/v1alpha1", "InferenceDeployment", app, ns, "uid-1")
+    pool = PoolRuntime(name="cpu-on-demand", device="cpu", node_selector={"karpenter.sh/nodepool": "cpu-on-demand"},
+                       resource_name="cpu", devices_per_replica=1, units_per_device=1, default_requests={})
+    workload = Workload(owner, pool, "serving", 1, "tiny-gguf", ContainerOverrides(engine="llama-cpp"), f"file://{gguf}")
+    rendered = render_deployment(workload)
+    rendered["metadata"].pop("ownerReferences")  # no InferenceDeployment here to own it
+    labels = rendered["spec"]["template"]["metadata"]["labels"]
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(rendered))
+    try:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+
+        def pod_ready() -> dict[str, Any] | None:
+            got = json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout)
+            return next((p for p in got["items"] if ready(p)), None)
+
+        pod = wait_for(f"{app} Ready", pod_ready, timeout=120)
+        name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+        server = wait_for("the runner's record of the server", lambda: worker_of(cluster, ns, name))
+        assert Path(server["log"]).read_text().count("Uvicorn running on http://" + ip + ":8000") == 1
+        r = httpx.post(f"http://{ip}:8000/v1/completions", timeout=60,
+                       json={"model": "tiny-gguf", "prompt": "Hello", "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "tiny-gguf" and r.json()["usage"]["completion_tokens"] >= 1
+        cluster.kubectl("delete", "pod", name, "-n", ns, "--wait=false")
+        wait_for("the server stopped with its pod", lambda: _gone(server["pid"]), timeout=60)
+    finally:
+        cluster.kubectl("delete", "deployment", rendered["metadata"]["name"], "-n", ns, "--wait=false", check=False)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
