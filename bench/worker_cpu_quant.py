@@ -38,11 +38,12 @@ SHAPE = ModelConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192, 
 @torch.inference_mode()
 def decode_step_s(runner: ModelRunner, batch: int, reps: int) -> float:
     tokens, positions = [1] * batch, [64] * batch
-    runner.decode(tokens, positions)
+    tables = [runner.dense_table(i) for i in range(batch)]
+    runner.decode(tokens, positions, tables)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        runner.sample(runner.decode(tokens, positions), [0.0] * batch, [1.0] * batch)
+        runner.sample(runner.decode(tokens, positions, tables), [0.0] * batch, [1.0] * batch)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -52,19 +53,19 @@ def full_logits(model: LlamaModel, ids: list[int]) -> torch.Tensor:
     runner = ModelRunner(model, 1, len(ids) + 1)
     out = []
     for i, t in enumerate(ids):  # every position's logits: chunked prefill, one token per chunk
-        out.append(runner.prefill([t], i, 0))
+        out.append(runner.prefill([t], i, runner.dense_table(0)))
     return torch.stack(out)
 
 
 @torch.inference_mode()
 def greedy(model: LlamaModel, prompt: list[int], n: int) -> list[int]:
     runner = ModelRunner(model, 1, len(prompt) + n + 1)
-    logits = runner.prefill(prompt, 0, 0)
+    logits = runner.prefill(prompt, 0, runner.dense_table(0))
     out = []
     for i in range(n):
         t = int(logits.argmax())
         out.append(t)
-        logits = runner.decode([t], [len(prompt) + i])[0]
+        logits = runner.decode([t], [len(prompt) + i], [runner.dense_table(0)])[0]
     return out
 
 

@@ -99,7 +99,7 @@ def check_hf_checkpoint(tmp: Path) -> None:
     with torch.no_grad():
         ref = hf(prompt[None]).logits[0, -1].float()
     runner = ModelRunner(ours, 2, 128, use_cuda_graphs=False)
-    got = runner.prefill(prompt.tolist(), 0, 0).float()
+    got = runner.prefill(prompt.tolist(), 0, runner.dense_table(0)).float()
     note("hf_tiny_fp32_last_logit_max_abs_diff", float((ref - got).abs().max()))
     with torch.no_grad():
         ref_gen = hf.generate(prompt[None], max_new_tokens=24, min_new_tokens=24, do_sample=False)[0, 37:].tolist()
@@ -170,7 +170,7 @@ def main() -> None:
         ref = hf(prompt[None]).logits[0, -1].float()
     max_len = args.prompt_len + args.gen_len + 8
     runner = ModelRunner(ours, 64, max(max_len, 512), use_cuda_graphs=True)
-    got = runner.prefill(prompt.tolist(), 0, 0).float()
+    got = runner.prefill(prompt.tolist(), 0, runner.dense_table(0)).float()
     note("hf_8b_bf16_last_logit_max_abs_diff", round(float((ref - got).abs().max()), 4))
     note("hf_8b_bf16_logit_scale_max_abs", round(float(ref.abs().max()), 4))
     note("hf_8b_bf16_argmax_equal", int(ref.argmax()) == int(got.argmax()))
@@ -195,20 +195,20 @@ def main() -> None:
     t0 = time.perf_counter()
     note("graphs_captured", runner.capture_all())
     note("graph_capture_s", round(time.perf_counter() - t0, 1))
-    engine = Engine(runner, ByteTokenizer(), EngineConfig(num_slots=64, max_seq_len=runner.cache.max_seq_len,
+    engine = Engine(runner, ByteTokenizer(), EngineConfig(num_slots=64, max_seq_len=runner.max_seq_len,
                                                           max_num_batched_tokens=2048))
     params = SamplingParams(max_tokens=args.gen_len, ignore_eos=True)
     run_engine(engine, [prompt.tolist()], SamplingParams(max_tokens=16, ignore_eos=True))  # warm-up
 
     # pure decode step time at batch 1 (graph replay + sampling + host sync), context ~prompt_len
-    tok, pos = [1], [args.prompt_len]
+    tok, pos, table = [1], [args.prompt_len], [runner.dense_table(0)]
     for _ in range(5):
-        runner.sample(runner.decode(tok, pos), [0.0], [1.0])
+        runner.sample(runner.decode(tok, pos, table), [0.0], [1.0])
     torch.cuda.synchronize()
     n_steps = 200
     t = time.perf_counter()
     for i in range(n_steps):
-        runner.sample(runner.decode(tok, [args.prompt_len + i]), [0.0], [1.0])
+        runner.sample(runner.decode(tok, [args.prompt_len + i], table), [0.0], [1.0])
     step_s = (time.perf_counter() - t) / n_steps
     kv_bytes = cfg.kv_bytes_per_token(2) * 256  # the context bucket attended to
     roofline_tps = bw / (weight_bytes + kv_bytes)
@@ -218,13 +218,13 @@ def main() -> None:
     note("decode_batch1_fraction_of_roofline", round((1 / step_s) / roofline_tps, 3))
 
     for bsz, ctx in ((1, 128), (8, 128), (32, 128), (64, 128), (1, 384), (32, 384), (64, 384)):
-        toks, poss = [1] * bsz, [ctx] * bsz
+        toks, poss, tables = [1] * bsz, [ctx] * bsz, [runner.dense_table(i) for i in range(bsz)]
         for _ in range(3):
-            runner.sample(runner.decode(toks, poss), [0.0] * bsz, [1.0] * bsz)
+            runner.sample(runner.decode(toks, poss, tables), [0.0] * bsz, [1.0] * bsz)
         torch.cuda.synchronize()
         t = time.perf_counter()
         for _ in range(50):
-            runner.sample(runner.decode(toks, poss), [0.0] * bsz, [1.0] * bsz)
+            runner.sample(runner.decode(toks, poss, tables), [0.0] * bsz, [1.0] * bsz)
         note(f"decode_step_b{bsz}_pos{ctx}_ms", round((time.perf_counter() - t) / 50 * 1e3, 3))
 
     # the same request as the baseline, end to end through the engine (prefill + decode)
@@ -257,11 +257,12 @@ def profile_decode(model: LlamaModel, bsz: int, pos: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     runner = ModelRunner(model, bsz, 512, use_cuda_graphs=False)
+    tables = [runner.dense_table(i) for i in range(bsz)]
     for _ in range(3):
-        runner.decode([1] * bsz, [pos] * bsz)
+        runner.decode([1] * bsz, [pos] * bsz, tables)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        runner.decode([1] * bsz, [pos] * bsz)
+        runner.decode([1] * bsz, [pos] * bsz, tables)
         torch.cuda.synchronize()
     events = prof.key_averages()
     total = sum(e.device_time_total for e in events) / 1e3

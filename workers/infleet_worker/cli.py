@@ -66,16 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lifecycle state once the model is loaded")
     s.add_argument("--drain-grace-seconds", type=float, default=float(_env("INFLEET_DRAIN_GRACE_SECONDS", "30")))
     s.add_argument("--num-slots", type=int, default=int(_env("INFLEET_NUM_SLOTS", "8")),
-                   help="KV-cache slots = the largest running batch")
+                   help="the largest running batch (sequences decoding at once); also sizes the default KV pool")
     s.add_argument("--max-seq-len", type=int, default=int(_env("INFLEET_MAX_SEQ_LEN", "512")),
                    help="prompt + generated tokens per request")
     s.add_argument("--max-waiting", type=int, default=int(_env("INFLEET_MAX_WAITING", "256")),
                    help="queued requests beyond which new ones get 429")
     s.add_argument("--max-batched-tokens", type=int, default=int(_env("INFLEET_MAX_BATCHED_TOKENS", "512")),
                    help="per-step token budget shared by decode and prefill")
+    s.add_argument("--block-size", type=int, default=int(_env("INFLEET_BLOCK_SIZE", "16")),
+                   help="tokens per KV-cache block (the unit of allocation and of prefix sharing)")
+    s.add_argument("--kv-blocks", type=int, default=int(_env("INFLEET_KV_BLOCKS", "0")),
+                   help="KV-cache pool size in blocks; 0 = num-slots x max-seq-len tokens' worth plus "
+                        "--prefix-cache-blocks (the memory the unpaged cache reserved)")
     s.add_argument("--prefix-cache-blocks", type=int, default=int(_env("INFLEET_PREFIX_CACHE_BLOCKS", "0")),
-                   help="blocks of 16 tokens' keys/values kept for prefix reuse (repeated system prompts, earlier "
-                        "chat turns); 0 = off")
+                   help="> 0: prefix caching on (repeated system prompts, earlier chat turns share KV blocks) and, "
+                        "with --kv-blocks 0, this many blocks added to the pool; 0 = off")
     s.add_argument("--no-cuda-graphs", action="store_true", help="run decode eagerly on CUDA")
     s.add_argument("--seed", type=int, default=int(_env("INFLEET_SEED", "0")), help="seed of built-in random weights")
     s.add_argument("--log-level", default=_env("INFLEET_LOG_LEVEL", "INFO"))
@@ -103,7 +108,8 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.begin_drain)
     config = EngineConfig(num_slots=args.num_slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
-                          max_num_batched_tokens=args.max_batched_tokens, prefix_cache_blocks=args.prefix_cache_blocks)
+                          max_num_batched_tokens=args.max_batched_tokens, block_size=args.block_size,
+                          kv_blocks=args.kv_blocks, prefix_cache_blocks=args.prefix_cache_blocks)
     async with running_site(server.app(), args.host, args.port):
         log.info("listening on %s:%d; loading %s", args.host, args.port, args.model)
 

@@ -2,9 +2,15 @@
 
 Each `step()` first spends a token budget on prefill (whole prompts, or the next chunk of a long one), then runs
 one decode token for every sequence in the running batch. Requests therefore join and leave the batch at every
-step, and a long prompt cannot stall the streams already decoding. The KV cache has a fixed number of slots:
-when all are taken, new requests wait in a bounded queue, and when that is full `submit` refuses them
-(`RequestRejected`), so overload turns into back-pressure instead of an out-of-memory crash.
+step, and a long prompt cannot stall the streams already decoding.
+
+KV memory is paged (`kv_blocks.BlockPool`): admission allocates blocks for a request's prompt (less the blocks a
+prefix-cache hit shares), each decode step gives a sequence a new block when it crosses a block boundary, and a
+finished request releases its blocks. A request waits in a bounded queue while the running batch is at
+`num_slots` or its prompt's blocks are not available; when that queue is full `submit` refuses it
+(`RequestRejected`), so overload turns into back-pressure instead of an out-of-memory crash. When a running
+sequence needs a block and none is left, the youngest sequence is preempted: its blocks are released and it goes
+back to the head of the queue, to be recomputed (prompt + output so far, as one prefill) once blocks are free.
 
 The engine runs in its own thread (`start`); `submit` and `abort` are thread-safe and results come back
 through a per-request sink callback, called on the engine thread.
@@ -23,8 +29,8 @@ from typing import Protocol
 
 import torch
 
-from infleet_worker.prefix_cache import PrefixCache
-from infleet_worker.runner import ModelRunner
+from infleet_worker.kv_blocks import BlockPool
+from infleet_worker.runner import ModelRunner, blocks_for
 from infleet_worker.sampling import RowOptions, TokenLogprob, sample_row, seeded_generator
 from infleet_worker.tokenizer import Tokenizer
 
@@ -130,31 +136,41 @@ class EngineObserver(Protocol):
 
     def on_prefix_lookup(self, prompt_tokens: int, hit_tokens: int) -> None: ...
 
+    def on_preempted(self) -> None: ...
+
 
 Sink = Callable[[RequestOutput], None]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EngineConfig:
-    num_slots: int = 8  # KV-cache slots = the largest running batch
+    num_slots: int = 8  # the largest running batch (sequences decoding at once)
     max_seq_len: int = 512  # prompt + generated tokens per request
     max_waiting: int = 256  # queued requests beyond which submit refuses
     max_num_batched_tokens: int = 512  # per-step token budget (decode tokens + prefill tokens)
     min_prefill_chunk: int = 32  # prefill progress per step even when decode uses the whole budget
     retry_after_s: int = 1
-    prefix_cache_blocks: int = 0  # blocks of cached prompt/history K/V for prefix reuse; 0 = off
-    prefix_block_size: int = 16
+    block_size: int = 16  # tokens per KV block
+    kv_blocks: int = 0  # KV pool size in blocks; 0 = num_slots x max_seq_len worth + prefix_cache_blocks
+    prefix_cache_blocks: int = 0  # > 0 turns prefix caching on (and adds this many blocks to the default pool)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        if self.kv_blocks > 0:
+            return self.kv_blocks
+        return self.num_slots * blocks_for(self.max_seq_len, self.block_size) + max(self.prefix_cache_blocks, 0)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Seq:
     id: str
     prompt_ids: list[int]
     params: SamplingParams
     sink: Sink
     arrival: float
-    slot: int = -1
+    blocks: list[int] = field(default_factory=list)  # block table: the KV blocks holding positions 0, bs, 2bs, ...
     cached: int = 0  # tokens whose keys/values are in the cache
+    admitted: int = -1  # admission order (the youngest is preempted first)
     output_ids: list[int] = field(default_factory=list)
     first_token_at: float | None = None
     emitted: int = 0  # characters of text already sent
@@ -164,19 +180,31 @@ class _Seq:
     done: bool = False
     generator: torch.Generator | None = None  # a seeded request's own
 
+    @property
+    def context(self) -> list[int]:
+        """Tokens to prefill: the prompt, plus the output so far for a preempted sequence being recomputed."""
+        return [*self.prompt_ids, *self.output_ids] if self.output_ids else self.prompt_ids
+
 
 class Engine:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, config: EngineConfig,
                  observer: EngineObserver | None = None) -> None:
-        if config.num_slots > runner.cache.num_slots or config.max_seq_len > runner.cache.max_seq_len:
-            raise ValueError("engine config exceeds the runner's KV cache")
+        cache = runner.cache
+        if config.num_slots > runner.num_slots or config.max_seq_len > runner.max_seq_len:
+            raise ValueError("engine config exceeds the runner's batch or sequence limits")
+        if config.block_size != cache.block_size:
+            raise ValueError(f"engine block size {config.block_size} != the KV cache's {cache.block_size}")
+        if cache.num_blocks * cache.block_size < config.max_seq_len:
+            # Otherwise a request within max_seq_len could wait forever for blocks that do not exist.
+            raise ValueError(f"a KV pool of {cache.num_blocks} blocks of {cache.block_size} tokens cannot hold one "
+                             f"request of max_seq_len {config.max_seq_len}")
         self.runner, self.tokenizer, self.cfg, self.observer = runner, tokenizer, config, observer
-        self.prefix = (PrefixCache(runner.cache, config.prefix_cache_blocks, config.prefix_block_size)
-                       if config.prefix_cache_blocks > 0 else None)
+        self.pool = BlockPool(cache.num_blocks, cache.block_size, prefix_caching=config.prefix_cache_blocks > 0)
         self._waiting: deque[_Seq] = deque()
-        self._running: list[_Seq] = []  # _running[i] lives in cache slot i
+        self._running: list[_Seq] = []  # the decode batch, in batch-row order
         self._prefilling: _Seq | None = None  # at most one prompt is mid-way through chunked prefill
-        self._free_slots = list(range(config.num_slots))
+        self._admissions = itertools.count()
+        self.preemptions = 0
         self._aborts: set[str] = set()
         self._cv = threading.Condition()
         self._accepting = True
@@ -231,21 +259,27 @@ class Engine:
         return len(self._running)
 
     @property
+    def prefix(self) -> BlockPool | None:
+        """The pool when prefix caching is on (its hit/query counters and cached blocks), else None."""
+        return self.pool if self.pool.prefix_caching else None
+
+    @property
     def kv_tokens_held(self) -> int:
-        """Tokens whose keys and values are in the cache now (read from another thread: a snapshot)."""
+        """Tokens whose keys and values requests hold now, a shared prefix once per request (read from another
+        thread: a snapshot)."""
         held = sum(s.cached for s in list(self._running))
         prefilling = self._prefilling
         return held + (prefilling.cached if prefilling is not None else 0)
 
     @property
     def kv_capacity_tokens(self) -> int:
-        return self.cfg.num_slots * self.cfg.max_seq_len
+        return self.pool.num_blocks * self.pool.block_size
 
     @property
     def kv_usage(self) -> float:
-        """Fraction of the KV cache's token capacity holding tokens (not slots taken: eight short requests in
-        eight slots use a small part of it)."""
-        return self.kv_tokens_held / self.kv_capacity_tokens
+        """Fraction of the KV pool's blocks that requests reference (cached blocks nobody references are
+        reclaimable, so they count as free)."""
+        return self.pool.blocks_in_use / self.pool.num_blocks
 
     def is_idle(self) -> bool:
         with self._cv:
@@ -316,16 +350,65 @@ class Engine:
             self._finish(self._prefilling, "abort")
 
     def _admit(self) -> _Seq | None:
+        """The queue's head, with blocks for its whole context (shared prefix blocks first), if they are free.
+
+        Only the engine thread removes from the queue, so its head cannot change between the peek and the pop."""
         with self._cv:
-            if not self._waiting or not self._free_slots:
+            if not self._waiting or len(self._running) >= self.cfg.num_slots:
                 return None
-            seq = self._waiting.popleft()
-        seq.slot = self._free_slots.pop(self._free_slots.index(min(self._free_slots)))
-        if self.prefix is not None:
-            seq.cached = self.prefix.load(seq.prompt_ids, seq.slot)  # these tokens skip prefill
+            seq = self._waiting[0]
+        context = seq.context
+        hits = self.pool.match(context)
+        fresh = self.pool.blocks_for(len(context)) - len(hits)
+        if not self.pool.can_admit(hits, fresh):
+            return None  # blocks run out: wait for running requests to release theirs
+        with self._cv:
+            self._waiting.popleft()
+        self.pool.acquire(hits)
+        seq.blocks = [*hits, *(self._allocate() for _ in range(fresh))]
+        seq.cached = len(hits) * self.pool.block_size  # these tokens skip prefill
+        seq.admitted = next(self._admissions)
+        if not seq.output_ids and self.pool.prefix_caching:  # a fresh request (not a recomputation)
+            self.pool.query_tokens += len(seq.prompt_ids)
+            self.pool.hit_tokens += seq.cached
             if self.observer is not None:
                 self.observer.on_prefix_lookup(len(seq.prompt_ids), seq.cached)
         return seq
+
+    def _allocate(self) -> int:
+        block = self.pool.allocate()
+        if block is None:  # can_admit said otherwise: a bookkeeping bug, never a reason to corrupt a sequence
+            raise RuntimeError("KV pool out of blocks after admission checked them")
+        return block
+
+    def _grow(self) -> None:
+        """Give each running sequence the block its next token goes to; when none is left, preempt the youngest
+        sequence holding blocks (possibly the one growing) until one is."""
+        for seq in list(self._running):
+            while seq.admitted >= 0 and len(seq.blocks) * self.pool.block_size <= seq.cached:
+                block = self.pool.allocate()
+                if block is not None:
+                    seq.blocks.append(block)
+                else:
+                    self._preempt(self._youngest())
+
+    def _youngest(self) -> _Seq:
+        if self._prefilling is not None:
+            return self._prefilling
+        return max(self._running, key=lambda s: s.admitted)
+
+    def _preempt(self, seq: _Seq) -> None:
+        """Release `seq`'s blocks and queue it first, to be recomputed from its prompt and output so far."""
+        self.pool.cache(seq.blocks, seq.context, seq.cached)  # what it computed stays findable for the recompute
+        self._leave_batch(seq)
+        self.pool.release(seq.blocks)
+        seq.blocks, seq.cached, seq.admitted = [], 0, -1
+        with self._cv:
+            self._waiting.appendleft(seq)
+        self.preemptions += 1
+        log.debug("KV pool full: preempted %s (%d tokens so far) for recomputation", seq.id, len(seq.output_ids))
+        if self.observer is not None:
+            self.observer.on_preempted()
 
     def step(self) -> None:
         """One scheduling step: prefill within the token budget, then one decode token per running sequence."""
@@ -339,27 +422,29 @@ class Engine:
                 break
             self._prefilling = seq  # owned by the engine from here: a failing step still finishes it
             touched.add(seq.id)
-            n = min(budget, len(seq.prompt_ids) - seq.cached)
-            logits = self.runner.prefill(seq.prompt_ids[seq.cached : seq.cached + n], seq.cached, seq.slot)
+            context = seq.context
+            n = min(budget, len(context) - seq.cached)
+            logits = self.runner.prefill(context[seq.cached : seq.cached + n], seq.cached, seq.blocks)
             seq.cached += n
             budget -= n
             prefill_tokens += n
             if self.observer is not None:  # counted before this request's first token can reach its client
                 self.observer.on_prefilled(n)
-            if seq.cached < len(seq.prompt_ids):
+            if seq.cached < len(context):
                 break
             self._prefilling = None
-            if self.prefix is not None:
-                self.prefix.store(seq.prompt_ids, seq.slot, seq.cached)
+            self.pool.cache(seq.blocks, context, seq.cached)
             ((token, logprob),) = self._sample(logits[None], [seq])
             self._join_running(seq)
             self._count_generated(1)
             self._append(seq, token, logprob)
+        self._grow()
         t1 = time.perf_counter()
         self.timers["prefill"] += t1 - t0
         batch = list(self._running)
         if batch:
-            logits = self.runner.decode([s.output_ids[-1] for s in batch], [s.cached for s in batch])
+            logits = self.runner.decode([s.output_ids[-1] for s in batch], [s.cached for s in batch],
+                                        [s.blocks for s in batch])
             t2 = time.perf_counter()
             sampled = self._sample(logits, batch)
             t3 = time.perf_counter()
@@ -397,14 +482,18 @@ class Engine:
         return out
 
     def _join_running(self, seq: _Seq) -> None:
-        target = len(self._running)
-        if seq.slot != target:
-            # Only the sequence being prefilled holds a slot outside the running prefix, and that is `seq`.
-            self._free_slots.remove(target)
-            self.runner.cache.move(seq.slot, target, seq.cached)
-            self._free_slots.append(seq.slot)
-            seq.slot = target
         self._running.append(seq)
+
+    def _leave_batch(self, seq: _Seq) -> None:
+        """Take `seq` out of the batch (the last row moves into its place, as batch order is row order) or out
+        of prefill."""
+        if seq in self._running:
+            idx = self._running.index(seq)
+            last = self._running.pop()
+            if last is not seq:
+                self._running[idx] = last
+        if self._prefilling is seq:
+            self._prefilling = None
 
     def _append(self, seq: _Seq, token: int, logprob: TokenLogprob | None = None) -> None:
         now = time.monotonic()
@@ -465,22 +554,12 @@ class Engine:
 
     def _retire(self, seq: _Seq, reason: str, now: float) -> None:
         seq.done = True
-        if self.prefix is not None and reason in ("stop", "length") and seq.slot >= 0:
-            # The conversation so far, for its next turn: every token whose keys/values are in the slot.
-            self.prefix.store([*seq.prompt_ids, *seq.output_ids], seq.slot, seq.cached)
-        if seq in self._running:
-            idx = self._running.index(seq)
-            last = self._running.pop()
-            if last is not seq:
-                # Keep the batch contiguous: move the last sequence into the freed slot.
-                self.runner.cache.move(last.slot, seq.slot, last.cached)
-                last.slot, seq.slot = seq.slot, last.slot
-                self._running[idx] = last
-        if self._prefilling is seq:
-            self._prefilling = None
-        if seq.slot >= 0:
-            self._free_slots.append(seq.slot)
-            seq.slot = -1
+        if reason in ("stop", "length"):
+            # The conversation so far, for its next turn: every token whose keys/values are in its blocks.
+            self.pool.cache(seq.blocks, [*seq.prompt_ids, *seq.output_ids], seq.cached)
+        self._leave_batch(seq)
+        self.pool.release(seq.blocks)
+        seq.blocks, seq.admitted = [], -1
         if self.observer is not None:
             n = len(seq.output_ids)
             tpot = None

@@ -64,8 +64,8 @@ def build_engine(loaded: LoadedModel, spec: DeviceSpec, config: EngineConfig, *,
     if config.max_seq_len > loaded.model.cfg.max_position_embeddings:
         raise ValueError(f"max_seq_len {config.max_seq_len} exceeds the model's max_position_embeddings "
                          f"{loaded.model.cfg.max_position_embeddings}")
-    runner = ModelRunner(loaded.model, config.num_slots, config.max_seq_len,
-                         use_cuda_graphs=cuda_graphs and spec.supports_cuda_graphs)
+    runner = ModelRunner(loaded.model, config.num_slots, config.max_seq_len, num_blocks=config.num_kv_blocks,
+                         block_size=config.block_size, use_cuda_graphs=cuda_graphs and spec.supports_cuda_graphs)
     runner.capture_all()
     engine = Engine(runner, loaded.tokenizer, config, observer=None)
     engine.submit([1, 2, 3], SamplingParams(max_tokens=2, ignore_eos=True), lambda _out: None)

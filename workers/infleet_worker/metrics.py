@@ -56,10 +56,16 @@ class WorkerMetrics:
         self.waiting = Gauge(p + "num_requests_waiting", "Requests admitted and queued, not yet running", m,
                              registry=r)
         self.running = Gauge(p + "num_requests_running", "Requests in the running batch", m, registry=r)
-        self.kv_usage = Gauge(p + "kv_cache_usage_perc", "Share of the KV cache's token capacity in use, 0..1", m,
+        self.kv_usage = Gauge(p + "kv_cache_usage_perc", "Share of the KV cache's blocks requests hold, 0..1", m,
                               registry=r)
-        self.kv_tokens = Gauge(p + "kv_cache_tokens", "Tokens whose keys and values the KV cache holds", m, registry=r)
-        self.kv_capacity = Gauge(p + "kv_cache_capacity_tokens", "Tokens the KV cache can hold", m, registry=r)
+        self.kv_tokens = Gauge(p + "kv_cache_tokens", "Tokens whose keys and values requests hold (a shared prefix "
+                               "once per request)", m, registry=r)
+        self.kv_capacity = Gauge(p + "kv_cache_capacity_tokens", "Tokens the KV cache can hold (blocks x block size)",
+                                 m, registry=r)
+        self.kv_blocks = Gauge(p + "kv_cache_blocks", "KV-cache blocks requests hold", m, registry=r)
+        self.kv_capacity_blocks = Gauge(p + "kv_cache_capacity_blocks", "KV-cache blocks in the pool", m, registry=r)
+        self.preemptions = Counter(p + "preemptions", "Running requests preempted (blocks released, recomputed "
+                                   "later) because the KV pool ran out", m, registry=r)
         self.latency = Histogram(p + "request_latency_seconds", "Arrival to last token, per finished request", m,
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram(p + "time_to_first_token_seconds", "Arrival to first generated token", m,
@@ -73,9 +79,10 @@ class WorkerMetrics:
                                     registry=r)
         self.prefix_hit = Counter(p + "prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache (no prefill)",
                                   m, registry=r)
-        self.prefix_blocks = Gauge(p + "prefix_cache_blocks", "Prefix-cache blocks holding tokens", m, registry=r)
-        self.prefix_capacity = Gauge(p + "prefix_cache_capacity_blocks", "Prefix-cache blocks allocated (0: off)", m,
-                                     registry=r)
+        self.prefix_blocks = Gauge(p + "prefix_cache_blocks", "KV blocks indexed for prefix reuse (held or idle)", m,
+                                   registry=r)
+        self.prefix_capacity = Gauge(p + "prefix_cache_capacity_blocks", "Blocks the prefix cache may use: the "
+                                     "whole KV pool (0: prefix caching off)", m, registry=r)
         self.batch_size = Histogram(p + "batch_size", "Sequences in each engine step", m, buckets=BATCH_BUCKETS,
                                     registry=r)
         self.model_load = Gauge(p + "model_load_seconds", "Time to load the weights", m, registry=r)
@@ -95,8 +102,12 @@ class WorkerMetrics:
         self.kv_usage.labels(self.model).set_function(lambda: engine.kv_usage)
         self.kv_tokens.labels(self.model).set_function(lambda: engine.kv_tokens_held)
         self.kv_capacity.labels(self.model).set(engine.kv_capacity_tokens)
+        pool = engine.pool
+        self.kv_blocks.labels(self.model).set_function(lambda: pool.blocks_in_use)
+        self.kv_capacity_blocks.labels(self.model).set(pool.num_blocks)
+        self.preemptions.labels(self.model)
         prefix = engine.prefix
-        self.prefix_blocks.labels(self.model).set_function(lambda: prefix.blocks_in_use if prefix is not None else 0)
+        self.prefix_blocks.labels(self.model).set_function(lambda: prefix.cached_blocks if prefix is not None else 0)
         self.prefix_capacity.labels(self.model).set(prefix.num_blocks if prefix is not None else 0)
         self.prefix_query.labels(self.model)
         self.prefix_hit.labels(self.model)
@@ -138,6 +149,9 @@ class WorkerMetrics:
         self.prefix_query.labels(self.model).inc(prompt_tokens)
         if hit_tokens:
             self.prefix_hit.labels(self.model).inc(hit_tokens)
+
+    def on_preempted(self) -> None:
+        self.preemptions.labels(self.model).inc()
 
     def on_tokens_generated(self, n: int) -> None:
         self.generation_tokens.labels(self.model).inc(n)

@@ -1,7 +1,8 @@
 """A Llama-family decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) written for serving.
 
 Two forward paths share the weights: `prefill` runs one sequence's prompt chunk and writes its keys and values
-into the sequence's KV-cache slot; `decode` runs one new token for each of the first B slots at once. The decode
+into the sequence's KV-cache blocks; `decode` runs one new token for each of B sequences at once. Both address the
+paged cache through block tables (`cache_rows`). The decode
 path is shaped for CUDA-graph capture: no host synchronisation, no data-dependent shapes (the attended length is a
 bucket chosen by the caller, positions past a sequence's length are masked). Q/K/V and gate/up projections are
 fused into single matrices so a batch-1 step is a handful of large GEMVs, which is what the memory roofline wants.
@@ -117,14 +118,17 @@ class LlamaModel(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def prefill(self, tokens: torch.Tensor, start: int, slot: int, k_cache: torch.Tensor,
+    def prefill(self, tokens: torch.Tensor, start: int, blocks: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor) -> torch.Tensor:
-        """Run prompt tokens `tokens` [n] at positions start..start+n-1 of `slot`; return the last position's logits.
+        """Run prompt tokens `tokens` [n] at positions start..start+n-1 of the sequence whose block table is
+        `blocks` [>= ceil((start+n)/block_size)]; return the last position's logits.
 
-        Caches are [layers, slots, kv_heads, max_len, head_dim]; keys and values of this chunk are written into
-        them and the chunk attends to everything the slot already holds (chunked prefill).
+        Caches are [layers, blocks, kv_heads, block_size, head_dim]; keys and values of this chunk are written into
+        the sequence's blocks and the chunk attends to everything the sequence already holds (chunked prefill),
+        gathered through the table into a contiguous [kv_heads, start+n, head_dim] view.
         """
         n = tokens.shape[0]
+        d = k_cache.shape[4]
         positions = torch.arange(start, start + n, device=tokens.device)
         cos, sin = self.rope(positions, k_cache.dtype)
         x = self.embed_tokens(tokens)[None]  # [1, n, h]
@@ -133,6 +137,8 @@ class LlamaModel(nn.Module):
         if start:
             key_pos = torch.arange(end, device=tokens.device)
             mask = key_pos[None, :] <= positions[:, None]
+        rows = cache_rows(blocks[None], torch.arange(end, device=tokens.device)[None], k_cache)[0]  # [kv, end]
+        new_rows = rows[:, start:]
         for i, layer in enumerate(self.decoder_layers()):
             q, k, v = layer.split_qkv(x)
             q = q.view(1, n, layer.n_heads, layer.head_dim).transpose(1, 2)
@@ -140,10 +146,14 @@ class LlamaModel(nn.Module):
             v = v.view(1, n, layer.n_kv, layer.head_dim).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            k_cache[i, slot, :, start:end] = k[0]
-            v_cache[i, slot, :, start:end] = v[0]
-            keys = k_cache[i, slot : slot + 1, :, :end]
-            values = v_cache[i, slot : slot + 1, :, :end]
+            k_flat, v_flat = k_cache[i].view(-1, d), v_cache[i].view(-1, d)
+            k_flat.index_put_((new_rows,), k[0])
+            v_flat.index_put_((new_rows,), v[0])
+            if start:
+                keys = k_flat[rows].unsqueeze(0)  # [1, kv, end, d]
+                values = v_flat[rows].unsqueeze(0)
+            else:  # nothing cached before this chunk: its own keys are the whole context
+                keys, values = k, v
             attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None,
                                                   enable_gqa=True)
             x = x + layer.o_proj(attn.transpose(1, 2).reshape(1, n, -1))
@@ -151,16 +161,20 @@ class LlamaModel(nn.Module):
         return self.logits(x[0, -1])
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, ctx_len: int, k_cache: torch.Tensor,
-               v_cache: torch.Tensor) -> torch.Tensor:
-        """One token for each of slots 0..B-1 (`tokens`, `positions` are [B]); attends to the first `ctx_len`
-        cache positions, masking those past each sequence's own position. Returns logits [B, vocab].
+               v_cache: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        """One token for each of B sequences (`tokens`, `positions` are [B], `tables` [B, >= ceil(ctx_len /
+        block_size)] their block tables); attends to the first `ctx_len` positions of each, masking those past the
+        sequence's own position. Returns logits [B, vocab].
+
+        K/V are read through the tables with one gather per layer into [B * kv_heads, ctx_len, head_dim]; all
+        indices are device tensors of static shape, so the step can be captured in a CUDA graph.
 
         At batch 1 a step is launch-bound unless kernels are few, so every per-layer operation is fused where
         plain torch allows: RoPE over Q, K (and an identity rotation over V) is one roll plus one addcmul, the
         attention scale and mask ride in baddbmm, and residual adds ride in addmm.
         """
         b = tokens.shape[0]
-        n_kv, max_len, d = k_cache.shape[2], k_cache.shape[3], k_cache.shape[4]
+        n_kv, d = k_cache.shape[2], k_cache.shape[4]
         n_heads = self.cfg.num_attention_heads
         dev = tokens.device
         cos, sin = self.rope(positions, k_cache.dtype)  # [b, d], each half the same
@@ -170,11 +184,11 @@ class LlamaModel(nn.Module):
                                                                                        dtype=cos.dtype)
         cos_all = torch.cat((cos[:, None, :].expand(b, n_heads + n_kv, d), ones), dim=1)
         sin_all = torch.cat((sin[:, None, :].expand(b, n_heads + n_kv, d), zeros), dim=1)
-        # Cache row of (slot s, kv head j, position p) in a layer viewed as [slots*kv*len, d]: an index_put_
-        # with device-side indices needs no host sync, so the whole step can be captured in a CUDA graph.
-        heads = torch.arange(n_kv, device=dev)
-        slots = torch.arange(b, device=dev)
-        rows = (slots[:, None] * n_kv + heads[None, :]) * max_len + positions[:, None]  # [b, kv]
+        # Cache rows (a layer viewed as [blocks*kv*block_size, d]) of each sequence's new token and of its whole
+        # context: index_put_/index_select with device-side indices need no host sync.
+        rows = cache_rows(tables, positions[:, None], k_cache)[:, :, 0]  # [b, kv]
+        ctx_rows = cache_rows(tables, torch.arange(ctx_len, device=dev)[None].expand(b, ctx_len), k_cache)
+        ctx_rows = ctx_rows.reshape(-1)  # [b * kv * L]
         visible = torch.arange(ctx_len, device=dev)[None, :] <= positions[:, None]  # [b, L]
         bias = torch.zeros(b, 1, ctx_len, device=dev, dtype=k_cache.dtype)
         bias = bias.masked_fill(~visible[:, None, :], float("-inf"))
@@ -185,10 +199,11 @@ class LlamaModel(nn.Module):
             qkv = layer.qkv_proj(layer.input_layernorm(x)).view(b, -1, d)
             qkv = torch.addcmul(qkv * cos_all, torch.roll(qkv, half, dims=-1), sin_all)
             q, k, v = qkv[:, :n_heads], qkv[:, n_heads : n_heads + n_kv], qkv[:, n_heads + n_kv :]
-            k_cache[i].view(-1, d).index_put_((rows,), k)
-            v_cache[i].view(-1, d).index_put_((rows,), v)
-            keys = k_cache[i, :b, :, :ctx_len].reshape(b * n_kv, ctx_len, d)
-            values = v_cache[i, :b, :, :ctx_len].reshape(b * n_kv, ctx_len, d)
+            k_flat, v_flat = k_cache[i].view(-1, d), v_cache[i].view(-1, d)
+            k_flat.index_put_((rows,), k)
+            v_flat.index_put_((rows,), v)
+            keys = k_flat.index_select(0, ctx_rows).view(b * n_kv, ctx_len, d)
+            values = v_flat.index_select(0, ctx_rows).view(b * n_kv, ctx_len, d)
             # Grouped-query attention without repeating K/V: the query heads sharing a KV head form one matrix.
             qg = q.reshape(b * n_kv, n_heads // n_kv, d)
             probs = torch.softmax(torch.baddbmm(bias, qg, keys.transpose(1, 2), alpha=scale), dim=-1)
@@ -197,6 +212,16 @@ class LlamaModel(nn.Module):
             gate, up = layer.gate_up_proj(layer.post_attention_layernorm(x)).chunk(2, dim=-1)
             x = add_linear(x, F.silu(gate) * up, layer.down_proj)
         return self.logits(x)
+
+
+def cache_rows(tables: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """Row of (sequence s, kv head j, position p) in a cache layer viewed as [blocks * kv_heads * block_size, d]:
+    ((tables[s, p // block_size] * kv_heads + j) * block_size + p % block_size). `tables` [B, W], `positions`
+    [B, P]; returns [B, kv_heads, P]."""
+    n_kv, bs = cache.shape[2], cache.shape[3]
+    blocks = tables.gather(1, torch.div(positions, bs, rounding_mode="floor"))  # [B, P]
+    heads = torch.arange(n_kv, device=tables.device)
+    return (blocks[:, None, :] * n_kv + heads[None, :, None]) * bs + (positions % bs)[:, None, :]
 
 
 def add_linear(x: torch.Tensor, inp: torch.Tensor, linear: nn.Module) -> torch.Tensor:

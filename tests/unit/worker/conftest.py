@@ -27,7 +27,9 @@ def tiny_model() -> LlamaModel:
 def make_engine(tiny_model: LlamaModel) -> Callable[..., Engine]:
     def make(**overrides: int) -> Engine:
         cfg = EngineConfig(**{"num_slots": 4, "max_seq_len": 256, **overrides})
-        return Engine(ModelRunner(tiny_model, cfg.num_slots, cfg.max_seq_len), ByteTokenizer(), cfg)
+        runner = ModelRunner(tiny_model, cfg.num_slots, cfg.max_seq_len, num_blocks=cfg.num_kv_blocks,
+                             block_size=cfg.block_size)
+        return Engine(runner, ByteTokenizer(), cfg)
 
     return make
 

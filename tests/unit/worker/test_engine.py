@@ -122,9 +122,9 @@ def test_full_queue_refuses_then_recovers(make_engine: Callable[..., Engine]) ->
     assert exc.value.reason == "queue_full" and exc.value.retry_after_s >= 1
     engine.step()  # two of three admitted: the KV cache (2 slots) is full, one waits
     assert (engine.num_running, engine.num_waiting) == (2, 1)
-    # KV usage counts tokens held (2 prompt + 1 decoded each), not slots taken.
+    # 2 prompt + 1 decoded tokens each, one block of 16 each, of a pool of 2 x 256 / 16 blocks.
     assert engine.kv_tokens_held == 6
-    assert engine.kv_usage == 6 / (2 * 256)
+    assert engine.kv_usage == 2 / 32
     while not engine.is_idle():
         engine.step()
     assert len(done) == 3
@@ -187,11 +187,11 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(make_eng
     real_decode = engine.runner.decode
     calls = {"n": 0}
 
-    def flaky_decode(tokens: list[int], positions: list[int]) -> object:
+    def flaky_decode(tokens: list[int], positions: list[int], tables: list[list[int]]) -> object:
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated device fault")
-        return real_decode(tokens, positions)
+        return real_decode(tokens, positions, tables)
 
     monkeypatch.setattr(engine.runner, "decode", flaky_decode)
     reasons: dict[str, str | None] = {}

@@ -48,20 +48,28 @@ def test_prefill_chunks_and_batched_decode_match_full_forward(tiny_model: LlamaM
     ids_a = [(5 * i + 3) % 256 for i in range(30)]
     ids_b = [(11 * i + 1) % 256 for i in range(9)]
     ref_a, ref_b = reference_logits(tiny_model, ids_a), reference_logits(tiny_model, ids_b)
-    runner = ModelRunner(tiny_model, num_slots=3, max_seq_len=64)
-    # Slot 0: a prompt prefilled in three chunks; slot 1: in one piece.
-    runner.prefill(ids_a[:10], 0, 0)
-    runner.prefill(ids_a[10:17], 10, 0)
-    last = runner.prefill(ids_a[17:25], 17, 0)
+    # Small blocks scattered over the pool, interleaved between the two sequences, so attention must really read
+    # through the block tables.
+    runner = ModelRunner(tiny_model, num_slots=3, max_seq_len=64, num_blocks=20, block_size=4)
+    table_a, table_b = [17, 3, 11, 0, 8, 14, 5], [2, 16]
+    # Sequence a: a prompt prefilled in three chunks; sequence b: in one piece.
+    runner.prefill(ids_a[:10], 0, table_a)
+    runner.prefill(ids_a[10:17], 10, table_a)
+    last = runner.prefill(ids_a[17:25], 17, table_a)
     torch.testing.assert_close(last, ref_a[24], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(runner.prefill(ids_b[:5], 0, 1), ref_b[4], rtol=1e-4, atol=1e-4)
-    # One decode step for both slots at different positions, then another.
-    out = runner.decode([ids_a[25], ids_b[5]], [25, 5])
+    torch.testing.assert_close(runner.prefill(ids_b[:5], 0, table_b), ref_b[4], rtol=1e-4, atol=1e-4)
+    # One decode step for both at different positions, then another (b's second block is new at position 8).
+    out = runner.decode([ids_a[25], ids_b[5]], [25, 5], [table_a, table_b])
     torch.testing.assert_close(out[0], ref_a[25], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[1], ref_b[5], rtol=1e-4, atol=1e-4)
-    out = runner.decode([ids_a[26], ids_b[6]], [26, 6])
+    out = runner.decode([ids_a[26], ids_b[6]], [26, 6], [table_a, table_b])
     torch.testing.assert_close(out[0], ref_a[26], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[1], ref_b[6], rtol=1e-4, atol=1e-4)
+    # Blocks no table names (and the scratch block) were never written.
+    untouched = sorted(set(range(20)) - set(table_a) - set(table_b))
+    assert not runner.cache.k[:, untouched].any() and not runner.cache.v[:, untouched].any()
+    with pytest.raises(ValueError, match="cannot hold"):
+        runner.prefill(ids_b[5:9], 5, table_b[:1])
 
 
 def test_checkpoint_round_trip_gives_identical_logits(tiny_model: LlamaModel, tmp_path: Path) -> None:

@@ -291,11 +291,15 @@ def test_token_and_kv_metrics_move_while_a_request_runs(make_engine: Callable[..
             # KV: BOS + 8 prompt bytes + 10 decoded tokens' keys/values held (the 11th is not yet fed back).
             assert value('infleet_worker_kv_cache_tokens{model="tiny"}') == 19
             assert value('infleet_worker_kv_cache_capacity_tokens{model="tiny"}') == 4 * 256
-            assert value('infleet_worker_kv_cache_usage_perc{model="tiny"}') == pytest.approx(19 / (4 * 256))
+            # Usage is blocks held / pool: 19 tokens in 2 blocks of 16, of 4 x 256 / 16 = 64.
+            assert value('infleet_worker_kv_cache_blocks{model="tiny"}') == 2
+            assert value('infleet_worker_kv_cache_capacity_blocks{model="tiny"}') == 64
+            assert value('infleet_worker_kv_cache_usage_perc{model="tiny"}') == pytest.approx(2 / 64)
             engine.start()
             assert (await pending).status == 200
             text = await (await client.get("/metrics")).text()
             assert value('infleet_worker_generation_tokens_total{model="tiny"}') == 200
             assert value('infleet_worker_kv_cache_tokens{model="tiny"}') == 0
+            assert value('infleet_worker_kv_cache_blocks{model="tiny"}') == 0
 
     run(go())
