@@ -37,6 +37,10 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from infleet_worker.engine import EngineConfig
 
 log = logging.getLogger("infleet_worker")
 
@@ -87,11 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    from infleet_worker.engine import EngineConfig
+
+    return EngineConfig(num_slots=args.num_slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
+                        max_num_batched_tokens=args.max_batched_tokens, block_size=args.block_size,
+                        kv_blocks=args.kv_blocks, prefix_cache_blocks=args.prefix_cache_blocks)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     # Imported here so the `import` start-up phase (torch, aiohttp) is measured from process start.
     from infleet_worker.devices import cuda_identity, resolve_device
     from infleet_worker.energy import meter_for_device
-    from infleet_worker.engine import EngineConfig
     from infleet_worker.loader import build_engine, load_model
     from infleet_worker.metrics import WorkerMetrics
     from infleet_worker.server import ServedModel, WorkerServer, running_site
@@ -107,9 +118,7 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.begin_drain)
-    config = EngineConfig(num_slots=args.num_slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
-                          max_num_batched_tokens=args.max_batched_tokens, block_size=args.block_size,
-                          kv_blocks=args.kv_blocks, prefix_cache_blocks=args.prefix_cache_blocks)
+    config = engine_config(args)
     async with running_site(server.app(), args.host, args.port):
         log.info("listening on %s:%d; loading %s", args.host, args.port, args.model)
 

@@ -77,6 +77,23 @@ def test_quantize_and_prefix_cache_flags(monkeypatch: pytest.MonkeyPatch) -> Non
         build_parser().parse_args(["serve", "--quantize", "int3"])
 
 
+def test_kv_pool_flags_size_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infleet_worker.cli import engine_config
+    from infleet_worker.loader import build_engine, load_model
+
+    # An old command line keeps its memory budget: slots x max_seq_len tokens plus the prefix blocks.
+    old = engine_config(build_parser().parse_args(["serve", "--num-slots", "4", "--max-seq-len", "128",
+                                                   "--prefix-cache-blocks", "10"]))
+    assert (old.block_size, old.num_kv_blocks, old.prefix_cache_blocks) == (16, 4 * 8 + 10, 10)
+    monkeypatch.setenv("INFLEET_BLOCK_SIZE", "8")
+    monkeypatch.setenv("INFLEET_KV_BLOCKS", "40")
+    config = engine_config(build_parser().parse_args(["serve", "--num-slots", "4", "--max-seq-len", "128"]))
+    assert (config.block_size, config.num_kv_blocks) == (8, 40)
+    engine = build_engine(load_model("tiny", resolve_device("cpu")), resolve_device("cpu"), config)
+    assert (engine.pool.num_blocks, engine.pool.block_size, engine.prefix) == (40, 8, None)
+    assert engine.kv_capacity_tokens == 320 and engine.kv_usage == 0.0  # the warm-up request freed its blocks
+
+
 def test_loader_quantises_and_refuses_unknown_methods() -> None:
     from infleet_worker.loader import load_model
     from infleet_worker.quant import Int8Linear
