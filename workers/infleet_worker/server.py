@@ -4,7 +4,7 @@ operator drives (starting -> warm <-> serving -> draining).
 The engine thread does the work; each request gets an asyncio queue that the engine's sink feeds through
 `call_soon_threadsafe`. Chat templating and tokenization run on a small thread pool, never on the event loop,
 after the cheap limits (body size, prompt length in characters) have been checked. A client that disconnects,
-streaming or not, aborts its request and frees its KV slot (aiohttp cancels the handler; see `running_site`).
+streaming or not, aborts its request and frees its KV blocks (aiohttp cancels the handler; see `running_site`).
 
 Every error body has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`. The admin routes
 (`/admin/*`) require `Authorization: Bearer <token>` when the worker has an admin token
@@ -382,7 +382,7 @@ class WorkerServer:
         finally:
             self._in_flight -= 1
             if not finished:
-                served.engine.abort(rid)  # client went away or the write failed: free the slot
+                served.engine.abort(rid)  # client went away or the write failed: free its KV blocks
 
     def _full_body(self, rid: str, chat: bool, text: str, last: RequestOutput, tok: Tokenizer,
                    logprobs: list[TokenLogprob] | None) -> dict[str, Any]:
