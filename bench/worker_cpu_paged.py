@@ -12,6 +12,7 @@
    `LlamaModel.decode` is loaded from git (`--baseline`, the commit before paging) and called on the same weights.
 
     python bench/worker_cpu_paged.py [--requests 32] [--max-seq-len 512] [--block-size 16] [--reps 30] [--threads N]
+        [--parts memory steps]
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--baseline", default="0ed9bf9", help="git revision with the unpaged slot cache")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--parts", nargs="+", choices=["memory", "steps"], default=["memory", "steps"])
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,8 +182,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {SHAPE.num_parameters() / 1e6:.1f}M "
           f"params (float32); llama-8b shape: {builtin_config('llama-8b').kv_bytes_per_token(2) * 1000 / MIB:.0f} "
           f"MiB per 1k tokens (bf16)")
-    memory_table(model, args)
-    step_table(model, args)
+    if "memory" in args.parts:
+        memory_table(model, args)
+    if "steps" in args.parts:
+        step_table(model, args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Each stream is a conversation: a shared system prompt, then `--turns` user turns
 conversation so far (system + earlier user turns and answers + the new user turn), as a chat client sends it.
 A stream submits its next turn when the previous answer is complete. Reported per (streams, mode): output
 tokens/s over the run, p50/p99 of per-turn latency (submit to last token), prompt tokens prefilled vs found in the
-prefix cache; then the ratios measured side by side (modes interleaved per stream count).
+prefix cache, and the most KV blocks requests held at once (shared prefix blocks count once); then the ratios
+measured side by side (modes interleaved per stream count).
 
 The model is a small Llama shape (random weights, float32) so the run fits a 2-core machine in minutes; the KV
 bytes per 1k tokens held are printed for it and for the built-in 8B shape.
@@ -42,7 +43,10 @@ def replay(model: LlamaModel, streams: int, turns: int, system: list[int], user:
     max_len = 1 + len(system) + turns * (user + answer) + 8
     cfg = EngineConfig(num_slots=streams, max_seq_len=max_len, max_waiting=streams,
                        max_num_batched_tokens=512, prefix_cache_blocks=prefix_blocks)
-    engine = Engine(ModelRunner(model, streams, max_len), ByteTokenizer(), cfg)
+    # The pool the CLI would size: streams x max_len tokens' worth, plus the prefix blocks when caching is on.
+    runner = ModelRunner(model, streams, max_len, num_blocks=cfg.num_kv_blocks, block_size=cfg.block_size)
+    engine = Engine(runner, ByteTokenizer(), cfg)
+    peak = [0]  # most KV blocks requests referenced at once, read at every token event (sharing shows here)
     engine.start()
     lock = threading.Lock()
     latencies: list[float] = []
@@ -59,6 +63,7 @@ def replay(model: LlamaModel, streams: int, turns: int, system: list[int], user:
         def sink(ev: RequestOutput) -> None:
             nonlocal produced
             out.extend(ev.token_ids)
+            peak[0] = max(peak[0], engine.pool.blocks_in_use)
             if not ev.finished:
                 return
             with lock:
@@ -90,6 +95,7 @@ def replay(model: LlamaModel, streams: int, turns: int, system: list[int], user:
         "hit_tokens": float(prefix.hit_tokens if prefix else 0),
         "query_tokens": float(prefix.query_tokens if prefix else 0),
         "wall_s": wall,
+        "peak_blocks": float(peak[0]),
     }
 
 
@@ -111,12 +117,12 @@ def main() -> None:
     kv = SHAPE.kv_bytes_per_token(4)
     kv8b = builtin_config("llama-8b").kv_bytes_per_token(2)
     print(f"KV per 1k tokens held: this model {kv * 1000 / 2**20:.2f} MiB (fp32); llama-8b shape "
-          f"{kv8b * 1000 / 2**20:.0f} MiB (bf16). The slot cache reserves slots x max_seq_len of it up front; the "
-          f"prefix store adds blocks x 16 x that per token.")
+          f"{kv8b * 1000 / 2**20:.0f} MiB (bf16). The paged pool holds streams x max_seq_len of it (+ the prefix "
+          f"blocks when on); requests reference blocks of 16 as they fill them, and share cached prefix blocks.")
     replay(model, 2, 1, system[:16], 4, 4, 0)  # warm-up
     print("| streams | prefix cache | output tokens/s | p50 turn latency | p99 turn latency "
-          "| prompt tokens from cache |")
-    print("|---|---|---|---|---|---|")
+          "| prompt tokens from cache | peak KV blocks held |")
+    print("|---|---|---|---|---|---|---|")
     for n in args.streams:
         runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
         for _ in range(args.rounds):
@@ -126,10 +132,10 @@ def main() -> None:
         for label, r in rows.items():
             share = f"{r['hit_tokens'] / r['query_tokens']:.0%}" if r["query_tokens"] else "-"
             print(f"| {n} | {label} | {r['tokens_per_s']:,.0f} | {r['p50_s'] * 1e3:,.0f} ms | "
-                  f"{r['p99_s'] * 1e3:,.0f} ms | {share} |", flush=True)
+                  f"{r['p99_s'] * 1e3:,.0f} ms | {share} | {r['peak_blocks']:,.0f} |", flush=True)
         on, off = rows["on"], rows["off"]
         print(f"|   {n} | ratio on/off | {on['tokens_per_s'] / off['tokens_per_s']:.2f}x | | "
-              f"{off['p99_s'] / on['p99_s']:.2f}x lower p99 | |", flush=True)
+              f"{off['p99_s'] / on['p99_s']:.2f}x lower p99 | | |", flush=True)
 
 
 if __name__ == "__main__":
