@@ -186,3 +186,22 @@ def test_graph_path_static_tables_give_the_same_outputs(tiny_model: LlamaModel,
     assert [tokens_of(e) for e in run_to_completion(engine, prompts, params)] == SLOT_CACHE_OUTPUTS
     assert {bb for bb, _ in captured} >= {4, 2, 1}  # padded batches (rows left by finished requests) were replayed
     assert not runner.cache.k[:, 40:].isnan().any()
+
+
+def test_a_preempted_sequence_recomputes_from_its_own_cached_blocks(make_engine: Callable[..., Engine]) -> None:
+    from infleet_worker.metrics import WorkerMetrics
+
+    prompts = [[(3 * i + j) % 256 for j in range(5)] for i in range(4)]
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    prefilled: dict[int, float | None] = {}
+    for caching in (0, 1):
+        engine = make_engine(num_slots=4, max_seq_len=64, block_size=8, kv_blocks=8, prefix_cache_blocks=caching)
+        metrics = WorkerMetrics("tiny")
+        engine.observer = metrics
+        events = run_to_completion(engine, prompts, params)
+        assert engine.preemptions > 0 and all(len(tokens_of(e)) == 40 for e in events)
+        assert engine.kv_usage == 0.0
+        prefilled[caching] = metrics.registry.get_sample_value("infleet_worker_prompt_tokens_total", {"model": "tiny"})
+    # Without caching a preempted sequence prefills its prompt and output again; with it, only the tail past its
+    # last full block (the blocks it had computed stayed cached when it was preempted).
+    assert prefilled[1] is not None and prefilled[0] is not None and prefilled[1] < prefilled[0]
