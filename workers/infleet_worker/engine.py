@@ -199,7 +199,8 @@ class Engine:
             raise ValueError(f"a KV pool of {cache.num_blocks} blocks of {cache.block_size} tokens cannot hold one "
                              f"request of max_seq_len {config.max_seq_len}")
         self.runner, self.tokenizer, self.cfg, self.observer = runner, tokenizer, config, observer
-        self.pool = BlockPool(cache.num_blocks, cache.block_size, prefix_caching=config.prefix_cache_blocks > 0)
+        self.pool = BlockPool(num_blocks=cache.num_blocks, block_size=cache.block_size,
+                              prefix_caching=config.prefix_cache_blocks > 0)
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []  # the decode batch, in batch-row order
         self._prefilling: _Seq | None = None  # at most one prompt is mid-way through chunked prefill

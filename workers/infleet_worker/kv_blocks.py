@@ -28,7 +28,7 @@ Key = tuple[int, tuple[int, ...]]
 
 
 class BlockPool:
-    def __init__(self, num_blocks: int, block_size: int, *, prefix_caching: bool) -> None:
+    def __init__(self, *, num_blocks: int, block_size: int, prefix_caching: bool) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("the KV pool needs at least one block of at least one token")
         self.num_blocks, self.block_size, self.prefix_caching = num_blocks, block_size, prefix_caching

@@ -2,9 +2,9 @@
 
 Two forward paths share the weights: `prefill` runs one sequence's prompt chunk and writes its keys and values
 into the sequence's KV-cache blocks; `decode` runs one new token for each of B sequences at once. Both address the
-paged cache through block tables (`cache_rows`). The decode
-path is shaped for CUDA-graph capture: no host synchronisation, no data-dependent shapes (the attended length is a
-bucket chosen by the caller, positions past a sequence's length are masked). Q/K/V and gate/up projections are
+paged cache through block tables (`cache_rows`). The decode path is shaped for CUDA-graph capture: no host
+synchronisation, no data-dependent shapes (the attended length is a bucket chosen by the caller, the tables have a
+fixed width, positions past a sequence's length are masked). Q/K/V and gate/up projections are
 fused into single matrices so a batch-1 step is a handful of large GEMVs, which is what the memory roofline wants.
 """
 

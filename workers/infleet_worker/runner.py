@@ -29,7 +29,7 @@ class PagedKVCache:
     sequence's end point there, so padding never reads or touches a real sequence's blocks.
     """
 
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, device: torch.device,
+    def __init__(self, model: LlamaModel, *, num_blocks: int, block_size: int, device: torch.device,
                  dtype: torch.dtype) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("the KV cache needs at least one block of at least one token")
@@ -74,7 +74,7 @@ class ModelRunner:
         self.num_slots, self.max_seq_len = num_slots, max_seq_len
         self.max_blocks = blocks_for(max_seq_len, block_size)  # block-table width: one max-length sequence
         pool = num_blocks if num_blocks is not None else num_slots * self.max_blocks
-        self.cache = PagedKVCache(model, pool, block_size, self.device, self.dtype)
+        self.cache = PagedKVCache(model, num_blocks=pool, block_size=block_size, device=self.device, dtype=self.dtype)
         self.use_cuda_graphs = use_cuda_graphs and self.device.type == "cuda"
         self.batch_buckets = _buckets(num_slots, 1)
         self.ctx_buckets = _buckets(max_seq_len, min(128, max_seq_len))
