@@ -30,7 +30,9 @@ def _series(points: Sequence[tuple[float, float]]) -> list[list[float]]:
     if len(pts) > MAX_POINTS:
         step = len(pts) / MAX_POINTS
         pts = [pts[int(i * step)] for i in range(MAX_POINTS - 1)] + [pts[-1]]
-    return [[round(t, 3), round(v, 6)] for t, v in pts]
+    # Values exactly (JSON floats round-trip): a restarted operator must carry the very recommendations this one
+    # compared against, or a decision at a threshold can differ; times to the millisecond.
+    return [[round(t, 3), v] for t, v in pts]
 
 
 def _points(raw: Any) -> tuple[tuple[float, float], ...]:
