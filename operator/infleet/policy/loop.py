@@ -31,10 +31,16 @@ from infleet.policy.warm import WarmPoolConfig, WarmWorker, plan_warm_pool, prom
 
 # Arrival-rate history kept for warm-pool sizing: longer than any pool's cold start.
 RATE_HISTORY_S = 1800.0
-# The autoscaler's utilisation target: one value for the operator and the simulator (was 0.75 vs 0.9).
-TARGET_UTILIZATION = 0.8
-# Latency the autoscaler aims at, as a share of the SLO target, when scaling.targetP99LatencyMs is unset.
-LATENCY_TARGET_SHARE = 0.8
+# The autoscaler's utilisation target: one value for the operator and the simulator. A replica's capacity is already
+# what it sustains *within the SLO* (the profile bounded by the service model, corrected by calibrate_capacity), so
+# this is not the only margin. 0.95, was 0.8: tuned with bench/tune_loop.py on the two Azure traces (train), the
+# generated shapes held out as test (docs/benchmarks.md, Simulator).
+TARGET_UTILIZATION = 0.95
+# Latency the autoscaler aims at, as a share of the SLO target, when scaling.targetP99LatencyMs is unset. 1.0, was
+# 0.8: the margin under the SLO is calibrate_capacity's hold band (it lowers capacity above 90% of this target, raises
+# it below 80%); 0.8 stacked a second margin on it, so calibration aimed at 64-72% of the SLO and replicas stayed
+# that the SLO did not need (tuned with TARGET_UTILIZATION, on the same traces).
+LATENCY_TARGET_SHARE = 1.0
 # Weight of a new measurement of the request mix (exponential smoothing per decision): capacity estimates follow a
 # shift in prompt lengths within a few minutes without flapping on one period's noisy tail.
 MIX_WEIGHT = 0.2
