@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/tune_loop.py                  # the grid below, 193 settings, ~2 s each on two cores
     .venv/bin/python bench/tune_loop.py --only now       # the constants before tuning and as they are now
+    .venv/bin/python bench/tune_loop.py --faults         # the same grid under sim_compare.py's FAULTS (train only)
 
 Train traces: the 30-minute windows of both Azure traces that ``bench/sim_compare.py`` replays (same window, same
 bundled deployment per trace, same pools). The generated shapes are the test set: this script never replays them.
@@ -33,10 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sim_compare import FAULTS  # bench/sim_compare.py's bad day
+
 from infleet.policy import loop, scaling
 from infleet.policy import warm as warm_pool
 from infleet.policy.autoscaler import AutoscalerConfig
 from infleet.sim.cli import DEFAULT_POOLS, TRACES, default_deployment
+from infleet.sim.engine import Faults
 from infleet.sim.fleet import SimFleet, load_fleet
 from infleet.sim.operator_loop import Infleet
 from infleet.sim.trace import Trace, load_trace
@@ -122,11 +126,13 @@ def train_sets() -> list[tuple[str, Trace, SimFleet]]:
     return out
 
 
-def run(s: Setting, sets: list[tuple[str, Trace, SimFleet]], fixed: dict[str, float]) -> dict[str, Any]:
+def run(
+    s: Setting, sets: list[tuple[str, Trace, SimFleet]], fixed: dict[str, float], faults: Faults | None = None
+) -> dict[str, Any]:
     row: dict[str, Any] = {"setting": s}
     with overridden(s):
         for name, trace, fleet in sets:
-            out = replay(fleet, trace, Infleet())
+            out = replay(fleet, trace, Infleet(), faults=faults)
             row[name] = (out.attainment, out.cost_usd, out.cost_usd / fixed[name])
     row["x"] = sum(row[n][2] for n, *_ in sets) / len(sets)
     return row
@@ -143,13 +149,15 @@ def acceptable(row: dict[str, Any], before: dict[str, Any]) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--only", choices=["now"], help="replay only the constants before tuning and as they are now")
+    parser.add_argument("--faults", action="store_true", help="replay under bench/sim_compare.py's FAULTS")
     parser.add_argument("--out", type=Path, help="also write the rows here (markdown)")
     args = parser.parse_args()
+    faults = FAULTS if args.faults else None
     started = time.perf_counter()
     sets = train_sets()
     fixed = {}
     for name, trace, fleet in sets:
-        best = hindsight_fixed(fleet, trace)
+        best = hindsight_fixed(fleet, trace, faults=faults)
         assert best is not None and best.meets, f"no fixed fleet meets the goal on {name}"
         fixed[name] = best.cost_usd
         print(f"{name}: hindsight {best.label}, {best.attainment:.2%}, ${best.cost_usd:.2f}", flush=True)
@@ -160,7 +168,7 @@ def main() -> None:
     settings = list(dict.fromkeys(settings))
     rows = []
     for i, s in enumerate(settings, 1):
-        rows.append(run(s, sets, fixed))
+        rows.append(run(s, sets, fixed, faults))
         if i % 10 == 0:
             print(f"  {i}/{len(settings)} settings, {time.perf_counter() - started:.0f} s", flush=True)
     before = rows[0]
