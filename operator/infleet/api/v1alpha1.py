@@ -429,7 +429,7 @@ class ScalingSpec(KubeModel):
         default=None,
         gt=0,
         description="p99 latency the autoscaler scales up at, in milliseconds; at most slo.p99LatencyMs. "
-        "Unset: slo.ttftP99Ms when declared (the autoscaler then watches p99 TTFT), else slo.p99LatencyMs.",
+        "Unset: 90% of slo.ttftP99Ms when declared (the autoscaler then watches p99 TTFT), else of slo.p99LatencyMs.",
     )
     scale_up_stabilization_seconds: int = Field(
         default=0, ge=0, description="Window over which scale-up recommendations are smoothed, in seconds."

@@ -36,11 +36,12 @@ RATE_HISTORY_S = 1800.0
 # this is not the only margin. 0.95, was 0.8: tuned with bench/tune_loop.py on the two Azure traces (train), the
 # generated shapes held out as test (docs/benchmarks.md, Simulator).
 TARGET_UTILIZATION = 0.95
-# Latency the autoscaler aims at, as a share of the SLO target, when scaling.targetP99LatencyMs is unset. 1.0, was
-# 0.8: the margin under the SLO is calibrate_capacity's hold band (it lowers capacity above 90% of this target, raises
-# it below 80%); 0.8 stacked a second margin on it, so calibration aimed at 64-72% of the SLO and replicas stayed
-# that the SLO did not need (tuned with TARGET_UTILIZATION, on the same traces).
-LATENCY_TARGET_SHARE = 1.0
+# Latency the autoscaler aims at, as a share of the SLO target, when scaling.targetP99LatencyMs is unset. 0.9, was
+# 0.8: calibrate_capacity's hold band (it lowers capacity above 90% of this target, raises it below 80%) is itself a
+# margin, and at 0.8 calibration aimed at 64-72% of the SLO and kept replicas the SLO did not need. 1.0 was cheaper
+# still on the clean train replays but lost 1.8 points of attainment on conversation under faults (tuned with
+# TARGET_UTILIZATION, on the same traces, clean and under bench/sim_compare.py's FAULTS).
+LATENCY_TARGET_SHARE = 0.9
 # Weight of a new measurement of the request mix (exponential smoothing per decision): capacity estimates follow a
 # shift in prompt lengths within a few minutes without flapping on one period's noisy tail.
 MIX_WEIGHT = 0.2
