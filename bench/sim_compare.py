@@ -12,8 +12,9 @@ examples/pools.yaml with the bundled deployment for it (docs/simulator.md):
 Columns: SLO attainment, requests within SLO, p99 TTFT, p99 TPOT, cost, cost relative to the hindsight fixed fleet,
 energy (kWh) and Wh per million tokens. Prints markdown tables and writes OUT/compare.json.
 
-Train/test: infleet's constants (policy/autoscaler.py, policy/scaling.py) were chosen on the two Azure traces;
-the generated shapes were never used to tune them. The baselines' tuned rows are tuned on the trace they are
+Train/test: infleet's constants (policy/loop.py, policy/autoscaler.py, policy/scaling.py, policy/warm.py) were
+chosen on the two Azure traces (the loop's with bench/tune_loop.py, which replays only those); the generated
+shapes were never used to tune them. The baselines' tuned rows are tuned on the trace they are
 judged on (hindsight), on purpose.
 Trace data: Azure Public Dataset, AzureLLMInferenceDataset2023, CC-BY 4.0 (Patel et al., Splitwise, ISCA 2024).
 """
