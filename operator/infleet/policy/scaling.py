@@ -72,6 +72,10 @@ def _calibrated(offers: tuple[PoolOffer, ...], factor: float) -> tuple[PoolOffer
     return tuple(dataclasses.replace(o, replica_capacity_rps=o.replica_capacity_rps * factor) for o in offers)
 
 
+def _held(offer: PoolOffer) -> int:
+    return offer.current_replicas if offer.max_replicas is None else min(offer.current_replicas, offer.max_replicas)
+
+
 def scale_step(
     config: FleetScalingConfig,
     state: FleetScalingState,
@@ -85,7 +89,10 @@ def scale_step(
     profile capacities; ``request.demand_rps`` is ignored (the autoscaler decides it); ``ready`` counts the ready
     serving replicas per pool. Pure: the same inputs give the same step.
     """
-    current = {o.pool: o.current_replicas for o in request.offers if o.current_replicas > 0}
+    # Replicas a pool is capped below (a saturated pool keeps only what the scheduler bound) are not held there:
+    # their capacity is re-placed on the other pools, within maxReplicas, instead of waiting on a pool that cannot
+    # take them.
+    current = {o.pool: _held(o) for o in request.offers if _held(o) > 0}
     settled = {p: n for p, n in ready.items() if n > 0} == current
     factor = state.calibration
     if config.calibrate and settled:
@@ -125,7 +132,7 @@ def scale_step(
         if sum(target.values()) < request.min_replicas:
             target = dict(place(dataclasses.replace(request, demand_rps=want, offers=offers)).replicas)
     elif want < have - 1e-9 and settled:
-        capped = tuple(dataclasses.replace(o, max_replicas=o.current_replicas) for o in offers)
+        capped = tuple(dataclasses.replace(o, max_replicas=_held(o)) for o in offers)
         target = dict(place(dataclasses.replace(request, demand_rps=want, offers=capped)).replicas)
         if target == current:
             target, spare_since = _shed_one(config, decision, offers, current, obs.time_s, spare_since, request)

@@ -258,3 +258,20 @@ def test_edited_replica_bounds_apply_while_the_load_holds() -> None:
     load = LoadObservation(time_s=T0 + 20, arrival_rate_rps=1.0)
     plan, _ = decide(obs(lowered, now=T0 + 20, replicas=running("l4-spot", 4), load=load), state)
     assert sum(plan.serving.values()) <= 2
+
+
+def test_a_saturated_pool_at_max_replicas_falls_back_while_load_is_measured() -> None:
+    """All replicas unschedulable on a saturated pool at maxReplicas: the autoscaler must not hold them there
+    (before the fix it did, every measured period, and the deployment served nothing until the pool came back)."""
+    infd = make_infd(slo={"p99LatencyMs": 2000}, scaling={"minReplicas": 2, "maxReplicas": 3},
+                     placement={"fallbackAfterSeconds": 5})  # fmt: skip
+    _, state = decide(obs(infd, replicas=running("l4-spot", 3),
+                          load=LoadObservation(time_s=T0, arrival_rate_rps=3.0, queue_depth=0)), LoopState())
+    stuck = {"l4-spot": PoolReplicas(serving=3, pods=PoolPods(total=3, bound=0, unschedulable=3,
+                                                              unschedulable_since_s=T0))}  # fmt: skip
+    for i in range(3):
+        now = T0 + 10 + 2 * i
+        load = LoadObservation(time_s=now, arrival_rate_rps=3.0, queue_depth=9)
+        plan, state = decide(obs(infd, now=now, replicas=stuck, pools=pools(l4=0), load=load), state)
+        assert plan.serving.get("l4-spot", 0) == 0 and plan.serving.get("h100", 0) >= 1, plan.serving
+        assert sum(plan.serving.values()) <= 3
