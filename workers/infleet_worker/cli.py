@@ -51,6 +51,14 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _int4_group_size(text: str) -> int:
+    """argparse type (also applied to the env default): a bad value is a usage error, not a start-up traceback.
+    The sizes are torch's int4 kernels' (quant.INT4_GROUP_SIZES; not imported: that would import torch here)."""
+    if text.strip() not in ("32", "64", "128", "256"):
+        raise argparse.ArgumentTypeError(f"int4 group size must be one of 32, 64, 128, 256, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infleet-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,8 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=_env("INFLEET_DEVICE", "auto"),
                    choices=["auto", "cuda", "cpu", "neuron", "xla"])
     s.add_argument("--dtype", default=_env("INFLEET_DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
-    s.add_argument("--quantize", default=_env("INFLEET_QUANTIZE", "none"), choices=["none", "int8"],
-                   help="int8: weight-only int8 linear layers (a quarter of fp32's weight memory, half of bf16's)")
+    s.add_argument("--quantize", default=_env("INFLEET_QUANTIZE", "none"), choices=["none", "int8", "int4"],
+                   help="weight-only quantisation of the linear layers: int8 (a quarter of fp32's weight memory, "
+                   "half of bf16's) or int4 (group-wise, ~1/8 of fp32's plus scales; see --quantize-group-size)")
+    s.add_argument("--quantize-group-size", type=_int4_group_size,
+                   default=_env("INFLEET_QUANTIZE_GROUP_SIZE", "128"),
+                   help="int4: input weights per scale/zero point, one of 32, 64, 128, 256 (default 128); a layer "
+                   "whose input width it does not divide stays unquantised, one that divides none is refused")
     s.add_argument("--host", default=_env("INFLEET_HOST", "0.0.0.0"))
     s.add_argument("--port", type=int, default=int(_env("INFLEET_PORT", "8000")))
     s.add_argument("--state", default=_env("INFLEET_INITIAL_STATE", "serving"), choices=["warm", "serving"],
@@ -128,7 +141,8 @@ async def _serve(args: argparse.Namespace) -> int:
             meter = meter_for_device(spec.family, indices, uuids)
             meter.start()
             metrics.bind_energy(meter)
-            loaded = load_model(args.model, spec, seed=args.seed, quantize=args.quantize)
+            loaded = load_model(args.model, spec, seed=args.seed, quantize=args.quantize,
+                                group_size=args.quantize_group_size)
             engine = build_engine(loaded, spec, config, cuda_graphs=not args.no_cuda_graphs, observer=metrics)
             phases.update(loaded.timings)
             log.info("model %s on %s (%s): load %.2fs, warm-up %.2fs", name, spec.device, spec.dtype,

@@ -16,7 +16,7 @@ from infleet_worker.config import builtin_config
 from infleet_worker.devices import DeviceSpec
 from infleet_worker.engine import Engine, EngineConfig, EngineObserver, SamplingParams
 from infleet_worker.model import LlamaModel
-from infleet_worker.quant import quantize_int8
+from infleet_worker.quant import DEFAULT_INT4_GROUP_SIZE, QUANT_CHOICES, quantize_int4, quantize_int8
 from infleet_worker.runner import ModelRunner
 from infleet_worker.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
@@ -32,8 +32,12 @@ class LoadedModel:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def load_model(model: str, spec: DeviceSpec, seed: int = 0, quantize: str = "none") -> LoadedModel:
-    """`model` is a directory holding `config.json` + safetensors, or the name of a built-in configuration."""
+def load_model(model: str, spec: DeviceSpec, seed: int = 0, quantize: str = "none",
+               group_size: int = DEFAULT_INT4_GROUP_SIZE) -> LoadedModel:
+    """`model` is a directory holding `config.json` + safetensors, or the name of a built-in configuration;
+    `group_size` is int4's (ignored otherwise)."""
+    if quantize not in QUANT_CHOICES:  # before the (possibly long) load
+        raise ValueError(f"unknown quantisation {quantize!r}; choose one of {', '.join(QUANT_CHOICES)}")
     t0 = time.monotonic()
     path = Path(model)
     if path.is_dir():
@@ -47,8 +51,8 @@ def load_model(model: str, spec: DeviceSpec, seed: int = 0, quantize: str = "non
         name = model
     if quantize == "int8":
         quantize_int8(m)
-    elif quantize != "none":
-        raise ValueError(f"unknown quantisation {quantize!r}; choose none or int8")
+    elif quantize == "int4":
+        quantize_int4(m, group_size)
     if spec.family == "cuda":
         torch.cuda.synchronize()
     log.info("tokenizer: %s; BOS %s, EOS %s", tok.description, tok.bos_id, list(tok.eos_ids))
