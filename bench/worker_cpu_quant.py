@@ -1,4 +1,4 @@
-"""CPU benchmark: int8 weight-only quantisation vs the unquantised model, side by side.
+"""CPU benchmark: int8 and int4 weight-only quantisation vs the unquantised model, side by side in one run.
 
 A Llama shape with 1B-like layer widths but 2 layers (hidden 2048, intermediate 8192, GQA 32/8, vocab 32,000),
 random weights (std 0.02), float32 on CPU. Reported: linear-layer weight memory, decode step time at batch 1
@@ -6,10 +6,11 @@ and 8 (median of interleaved repetitions), and the deviation from the unquantise
 max and RMS logit error relative to the logits' scale, top-1 agreement per position over a 128-token sequence,
 and how many of 64 greedily generated tokens are identical.
 
-Random weights are not a trained model: they show the numerical deviation int8 rounding causes in this
-architecture, not an accuracy figure for a real checkpoint.
+Random weights are not a trained model: they show the numerical deviation int8/int4 rounding causes in this
+architecture, not an accuracy figure for a real checkpoint (Gaussian weights without outliers are int4's worst
+case per level but also lack the outlier channels that hurt real models).
 
-    python bench/worker_cpu_quant.py [--reps 20]
+    python bench/worker_cpu_quant.py [--reps 20] [--group-size 128]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 from infleet_worker.checkpoint import random_model
 from infleet_worker.config import ModelConfig
 from infleet_worker.model import LlamaModel
-from infleet_worker.quant import quantize_int8
+from infleet_worker.quant import DEFAULT_INT4_GROUP_SIZE, QuantReport, quantize_int4, quantize_int8
 from infleet_worker.runner import ModelRunner
 
 SHAPE = ModelConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=2,
@@ -69,36 +70,49 @@ def greedy(model: LlamaModel, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--reps", type=int, default=20)
-    args = ap.parse_args()
-    ref = random_model(SHAPE, torch.device("cpu"), torch.float32, seed=0)
-    q = copy.deepcopy(ref)
-    report = quantize_int8(q)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {SHAPE.num_parameters() / 1e6:.0f}M params")
-    print(f"linear weights: fp32 {report.bytes_before / 2**20:.0f} MiB -> int8 {report.bytes_after / 2**20:.0f} MiB "
-          f"({report.bytes_after / report.bytes_before:.1%}); a bf16 model's would be "
-          f"{report.bytes_before / 2 / 2**20:.0f} MiB")
-    runners = {"fp32": ModelRunner(ref, 8, 128), "int8": ModelRunner(q, 8, 128)}
-    for batch in (1, 8):
-        times: dict[str, list[float]] = {"fp32": [], "int8": []}
-        for _ in range(3):  # interleaved
-            for name, runner in runners.items():
-                times[name].append(decode_step_s(runner, batch, args.reps))
-        f, i = statistics.median(times["fp32"]), statistics.median(times["int8"])
-        print(f"decode step, batch {batch}: fp32 {f * 1e3:.1f} ms, int8 {i * 1e3:.1f} ms (int8/fp32 {i / f:.2f}x)")
-    ids = [(37 * j + 11) % SHAPE.vocab_size for j in range(128)]
-    a, b = full_logits(ref, ids), full_logits(q, ids)
+def deviation(a: torch.Tensor, b: torch.Tensor) -> str:
     rel_max = float((a - b).abs().max() / a.abs().max())
     rel_rms = float((a - b).pow(2).mean().sqrt() / a.std())
     agree = float((a.argmax(-1) == b.argmax(-1)).float().mean())
-    g_ref, g_q = greedy(ref, ids[:16], 64), greedy(q, ids[:16], 64)
-    same = sum(x == y for x, y in zip(g_ref, g_q, strict=True))
-    first_diff = next((k for k, (x, y) in enumerate(zip(g_ref, g_q, strict=True)) if x != y), None)
-    print(f"logit deviation: max {rel_max:.2%} of the largest logit, RMS {rel_rms:.2%} of the logits' std; "
-          f"top-1 agreement {agree:.1%} of 128 positions")
-    print(f"greedy 64 tokens: {same}/64 identical; first difference at token {first_diff}")
+    return (f"max {rel_max:.2%} of the largest logit, RMS {rel_rms:.2%} of the logits' std; "
+            f"top-1 agreement {agree:.1%} of {a.shape[0]} positions")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--group-size", type=int, default=DEFAULT_INT4_GROUP_SIZE, help="int4 group size")
+    args = ap.parse_args()
+    ref = random_model(SHAPE, torch.device("cpu"), torch.float32, seed=0)
+    models: dict[str, LlamaModel] = {"fp32": ref, "int8": copy.deepcopy(ref), "int4": copy.deepcopy(ref)}
+    reports: dict[str, QuantReport] = {"int8": quantize_int8(models["int8"]),
+                                       "int4": quantize_int4(models["int4"], args.group_size)}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {SHAPE.num_parameters() / 1e6:.0f}M params; "
+          f"int4 group size {args.group_size}")
+    before = reports["int8"].bytes_before
+    print(f"linear weights: fp32 {before / 2**20:.0f} MiB (a bf16 model's would be {before / 2 / 2**20:.0f} MiB)")
+    for name, report in reports.items():
+        print(f"  {name}: {report.bytes_after / 2**20:.0f} MiB ({report.bytes_after / before:.1%})"
+              + (f", left unquantised: {', '.join(report.skipped)}" if report.skipped else ""))
+    runners = {name: ModelRunner(m, 8, 128) for name, m in models.items()}
+    for batch in (1, 8):
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(3):  # interleaved
+            for name, runner in runners.items():
+                times[name].append(decode_step_s(runner, batch, args.reps))
+        med = {name: statistics.median(t) for name, t in times.items()}
+        print(f"decode step, batch {batch}: " + ", ".join(
+            f"{name} {t * 1e3:.1f} ms" + ("" if name == "fp32" else f" ({t / med['fp32']:.2f}x fp32)")
+            for name, t in med.items()))
+    ids = [(37 * j + 11) % SHAPE.vocab_size for j in range(128)]
+    a = full_logits(ref, ids)
+    g_ref = greedy(ref, ids[:16], 64)
+    for name in ("int8", "int4"):
+        print(f"{name} logit deviation: {deviation(a, full_logits(models[name], ids))}")
+        g_q = greedy(models[name], ids[:16], 64)
+        same = sum(x == y for x, y in zip(g_ref, g_q, strict=True))
+        first_diff = next((k for k, (x, y) in enumerate(zip(g_ref, g_q, strict=True)) if x != y), None)
+        print(f"{name} greedy 64 tokens: {same}/64 identical; first difference at token {first_diff}")
 
 
 if __name__ == "__main__":
