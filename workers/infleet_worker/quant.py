@@ -7,7 +7,7 @@ Embeddings and norms stay as they are (a tied LM head is the embedding table, so
 
 What it buys and costs is measured, not assumed: `bench/worker_cpu_quant.py` reports weight memory, decode step
 time and the logit/greedy-token deviation against the unquantised model (docs/benchmarks.md); on this project's
-2-core CPU the int8 kernel is slower than fp32 GEMV, so int8 is a memory saving there, not a speed-up.
+2-core CPU the int8 and int4 kernels are slower than fp32 GEMV, so both are memory savings there, not speed-ups.
 
 int4 (`Int4Linear`) is group-wise and asymmetric: each run of `group_size` input weights of a row gets a scale and
 a zero point, see that class. A layer whose input width the group size does not divide stays unquantised (logged
