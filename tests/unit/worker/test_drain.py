@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.unit.worker.processes import wait_ready
+
 pytest.importorskip("torch")
 
 
@@ -44,17 +46,7 @@ def test_sigterm_drains_without_losing_requests() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline, "worker never became ready"
-            time.sleep(0.1)
+        wait_ready(proc, base, 60)
 
         n, max_tokens = 6, 900
         results: list[tuple[int, dict[str, Any]] | None] = [None] * n

@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -30,6 +29,7 @@ from infleet_worker.model import LlamaModel, init_random_weights
 from infleet_worker.quant import Int4Linear, linear_weight_bytes, quantize_int4
 from infleet_worker.runner import ModelRunner
 from infleet_worker.tokenizer import ByteTokenizer
+from tests.unit.worker.processes import wait_ready
 
 from .conftest import run_to_completion, tokens_of
 from .test_model import reference_logits
@@ -178,17 +178,7 @@ def test_cli_serves_an_int4_model_greedily() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline, "worker never became ready"
-            time.sleep(0.1)
+        wait_ready(proc, base, 60)
         body = {"model": "tiny", "prompt": "hello", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
         texts = []
         for _ in range(2):  # greedy: the same completion twice

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from infleet_worker.config import UnsupportedModelError
 from infleet_worker.devices import resolve_device
 from infleet_worker.loader import load_model
 from infleet_worker.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
+from tests.unit.worker.processes import wait_ready
 
 from .hf_checkpoint import TinyCheckpoint, build_checkpoint, reference_greedy, reference_prompt_ids
 
@@ -60,17 +60,7 @@ def worker_url(checkpoint: TinyCheckpoint) -> Iterator[str]:
         env={**os.environ, "PYTHONUNBUFFERED": "1", "INFLEET_WORKER_ADMIN_TOKEN": ADMIN_TOKEN})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline, "worker never became ready"
-            time.sleep(0.1)
+        wait_ready(proc, base, 90)
         yield base
     finally:
         proc.terminate()
