@@ -101,6 +101,7 @@ class Workload:
     model: str
     runtime: ContainerOverrides = field(default_factory=ContainerOverrides)
     source: str = ""  # spec.model.source; empty: the worker is given the model name
+    dtype: str = "bf16"  # spec.model.dtype: the weight precision the replica must serve in
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ def render_deployment(w: Workload, images: ImageConfig | None = None) -> dict[st
             units_per_device=w.pool.units_per_device,
             resource_name=w.pool.resource_name,
             role=w.role,
+            weights_dtype=w.dtype,
         )
     )
     reserved = {ADMIN_TOKEN_ENV} if adapter.admin_token else set()

@@ -118,6 +118,7 @@ def workload(
         infd.spec.model.name,
         runtime_for(infd, pool.spec.accelerator.family),
         infd.spec.model.source,
+        infd.spec.model.dtype,
     )
 
 

@@ -28,6 +28,7 @@ class ServingContext:
     units_per_device: int = 1  # resource units per device (vCPUs of a CPU slice)
     resource_name: str | None = None  # the pool's device resource, e.g. "nvidia.com/gpu", "aws.amazon.com/neuron"
     role: Role = "serving"
+    weights_dtype: str = "bf16"  # spec.model.dtype (placement sizes memory by it, so the runtime must serve it)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,6 +36,9 @@ METRICS = MetricNames(
 )
 
 
+QUANTIZED = ("int8", "int4")  # spec.model.dtype values the worker reaches with --quantize
+
+
 def launch(ctx: ServingContext) -> Launch:
     return Launch(
         command=["infleet-worker"],
@@ -51,6 +54,8 @@ def launch(ctx: ServingContext) -> Launch:
             str(SERVING_PORT),
             "--state",
             ctx.role,
+            # int8/int4: weight-only quantisation at load time, so the replica holds what placement sized
+            *(["--quantize", ctx.weights_dtype] if ctx.weights_dtype in QUANTIZED else []),
         ],
         readiness_path="/readyz",
         liveness_path="/healthz",
@@ -72,7 +77,7 @@ RUNTIME = Runtime(
         call=HttpCall(method="POST", path="/admin/state", json={"state": "draining"}, needs_admin_token=True),
     ),
     sim=ServiceDefaults(promote_s=2.0),  # readiness flip plus endpoint propagation
-    quantisation="weights in the checkpoint's dtype (bf16/fp16/fp32)",
+    quantisation="weights in the checkpoint's dtype (bf16/fp16/fp32); `dtype: int8`/`int4` quantise them at load",
     version=__version__,
     health_path="/readyz",
     container_name="worker",

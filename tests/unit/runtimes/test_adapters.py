@@ -166,3 +166,25 @@ def test_promotion_goes_through_the_adapter() -> None:
     assert [promotable(pod(e)) for e in (None, "vllm", "llama-cpp", "neuron-vllm", "vllm-tpu")] == [
         True, True, False, False, False]
     assert pod_engine(pod(None)) == "infleet-worker"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_a_quantised_dtype_reaches_the_worker_and_sizing_stays_true(dtype: str) -> None:
+    """Placement sizes memory by spec.model.dtype; infleet-worker must then hold int8/int4 weights, not bf16."""
+    from infleet.api.v1alpha1 import InferenceDeployment
+    from infleet.controller.observe import workload
+    from tests.unit.controller.builders import make_infd, make_pool
+
+    infd = make_infd()
+    body = infd.model_dump(by_alias=True, exclude_none=True)
+    body["spec"]["model"]["dtype"] = dtype
+    quantised = InferenceDeployment.model_validate(body)
+    pool = make_pool("cpu-spot")
+    for spec, expect in ((infd, None), (quantised, dtype)):
+        args = render_deployment(workload(OWNER, spec, pool, 1, "serving", 1))["spec"]["template"]["spec"][
+            "containers"][0]["args"]
+        assert (flag(args, "--quantize") if "--quantize" in args else None) == expect
+    for engine in ("vllm", "llama-cpp"):  # their precision comes from the checkpoint, never from this flag
+        w = Workload(OWNER, GPU if engine == "vllm" else CPU, "serving", 1, "m", ContainerOverrides(engine=engine),
+                     "pvc://models/m", dtype)
+        assert "--quantize" not in render_deployment(w)["spec"]["template"]["spec"]["containers"][0]["args"]
