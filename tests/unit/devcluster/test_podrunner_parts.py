@@ -210,3 +210,10 @@ def test_other_python_commands_stay_simulated() -> None:
     pod["spec"]["containers"][0]["command"] = ["python3", "-m", "http.server"]
     with pytest.raises(PodNotRunnable, match="only runs"):
         plan_launch(pod, "127.96.0.7", _no_data)
+
+
+def test_an_int4_pod_runs_the_tiny_stand_in_with_a_group_size_it_fits() -> None:
+    argv = worker_argv(["serve", "--model", "/models/llama", "--quantize", "int4"], "127.96.0.2")
+    assert argv[argv.index("--model") + 1] == "tiny"
+    assert argv[argv.index("--quantize-group-size") + 1] == "32"
+    assert "--quantize-group-size" not in worker_argv(["serve", "--quantize", "int8"], "127.96.0.2")
