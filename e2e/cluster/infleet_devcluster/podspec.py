@@ -5,7 +5,8 @@ A pod the runner plays must have one container whose command is one the operator
 
 - ``infleet-worker``: its arguments are kept, except three that only make sense on a real node: ``--device``
   becomes ``cpu`` (the accelerators are simulated), ``--model`` becomes ``tiny`` unless it names a checkpoint
-  directory that exists on this machine (a test writes one and declares ``source: file:///...``), and ``--host``
+  directory that exists on this machine (a test writes one and declares ``source: file:///...``; on ``tiny`` an int4
+  pod gets ``--quantize-group-size 32``, which its layers fit), and ``--host``
   is the pod's loopback IP;
 - ``python3 -m llama_cpp.server`` (the ``llama-cpp`` engine): run with this machine's Python (which has the
   ``llamacpp`` extra), the pod's arguments kept except ``--host`` (the pod's IP) and ``--n_threads`` /
