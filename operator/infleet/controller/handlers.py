@@ -70,12 +70,17 @@ class Context:
     queue: WorkQueue | None = None
     informers: list[Informer] = field(default_factory=list)
     applied_services: dict[str, str] = field(default_factory=dict)
+    short: set[Key] = field(default_factory=set)  # deployments last placed short of capacity: woken when room frees
     state_written: dict[str, float] = field(default_factory=dict)  # uid -> monotonic time of the last state write
     # uid -> (generation, APIs present, when) of the last PrometheusRule and InferencePool sync
     rules_synced: dict[str, tuple[int, tuple[bool, bool], float]] = field(default_factory=dict)
 
     def active(self) -> bool:
         return self.elector is None or self.elector.is_leader()
+
+    def wake_short(self, but: Key | None = None) -> None:
+        """Queue the deployments that were short of capacity: a pod left a node or a plan shrank."""
+        self.enqueue({k for k in list(self.short) if k != but})
 
     def enqueue(self, keys: set[Key], *, urgent: set[Key] | frozenset[Key] = frozenset()) -> None:
         if self.queue is not None:
@@ -115,6 +120,9 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             ctx.kube, body, now, ctx.settings, ctx.metrics, ctx.states, index=ctx.index,
             applied_services=ctx.applied_services, ledger=ctx.ledger,
         )  # fmt: skip
+        (ctx.short.add if outcome.short_of_capacity else ctx.short.discard)(key)
+        if outcome.released:
+            ctx.wake_short(but=key)
         write_status(ctx, body, outcome.status)
         emit(ctx.kube, body, outcome, now)
         sync_rules(ctx, body)
@@ -170,7 +178,9 @@ def sync_rules(ctx: Context, body: Obj) -> None:
 def forget_deployment(ctx: Context, key: Key, body: Obj | None) -> None:
     """Drop everything kept for a deployment that is gone (owner references remove its workloads)."""
     namespace, name = key
-    ctx.ledger.forget(key)
+    ctx.short.discard(key)
+    if ctx.ledger.forget(key):
+        ctx.wake_short()
     ctx.metrics.forget_deployment(namespace, name)
     if ctx.settings.meter is not None:
         ctx.settings.meter.forget(f"{namespace}/{name}")
@@ -250,6 +260,8 @@ def on_event(ctx: Context, kind: str, event_type: str | None, body: Obj) -> None
     """Fold a watch event into the index and queue what it concerns."""
     keys = ctx.index.apply(kind, event_type, body)
     ctx.enqueue(keys, urgent=unobserved_spec(kind, event_type, body))
+    if kind == "Pod" and event_type == "DELETED" and (body.get("spec") or {}).get("nodeName") and ctx.short:
+        ctx.wake_short()  # its devices are free now
     if kind == "AcceleratorPool" and ctx.queue is not None:
         ctx.queue.add(("pool", "", (body.get("metadata") or {}).get("name") or ""))
     if kind == "InferenceDeployment" and event_type == "DELETED":

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infleet.controller.kube import Obj
-from infleet.controller.manifests import LABEL_DEPLOYMENT, LABEL_ROLE, MANAGED_BY, MANAGER
+from infleet.controller.manifests import LABEL_DEPLOYMENT, LABEL_POOL, LABEL_ROLE, MANAGED_BY, MANAGER
 from infleet.controller.snapshot import (
     ClusterView,
     Shape,
@@ -343,6 +343,17 @@ class ClusterIndex:
     def pods_of(self, key: Key) -> list[Obj]:
         with self.lock:
             return list(self.own_pods.get(key, {}).values())
+
+    def bound_on(self, key: Key, pool: str) -> int:
+        """A deployment's pods bound to a node of ``pool`` and not terminating (what its ledger claim has got)."""
+        with self.lock:
+            return sum(
+                1
+                for p in self.own_pods.get(key, {}).values()
+                if p["spec"].get("nodeName")
+                and not p["metadata"].get("deletionTimestamp")
+                and (p["metadata"].get("labels") or {}).get(LABEL_POOL) == pool
+            )
 
     def workloads_of(self, key: Key) -> list[Obj]:
         with self.lock:

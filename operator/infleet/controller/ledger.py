@@ -6,14 +6,20 @@ on different worker threads would plan the same devices (pods Pending for minute
 runs under the ledger's lock: it observes with the other deployments' open claims subtracted, decides, and records
 its own claim (replicas it wants on each pool beyond the pods already bound there) before the lock is released.
 A claim counts against every pool whose nodes its node selector reaches, so pools that share nodes share it too.
-Claims are replaced on the deployment's next reconcile and dropped with the deployment (flat memory).
+
+A claim shrinks by itself as its pods bind: what it still holds is read against the index's bound pods of that
+deployment on that pool at each decision, never more than it claimed. Otherwise a bound pod would count twice (in
+the index and in the claim) until its own deployment's next reconcile, and decisions in between would see full
+pools that are not (a CI run placed 81 replicas on 96 free devices). Claims are replaced on the deployment's next
+reconcile and dropped with the deployment (flat memory).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
@@ -30,6 +36,17 @@ class Claim:
     requests: Mapping[str, float]
     count: int
     pool: str = ""  # the AcceleratorPool the replicas were planned on
+    planned: int = 0  # replicas the plan wants on that pool in all, bound ones included (0: ``count`` is fixed)
+
+
+BoundOn = Callable[[Key, str], int]  # (deployment, pool) -> its pods bound to nodes there now
+
+
+def outstanding(claim: Claim, bound_now: int) -> int:
+    """What a claim still holds once ``bound_now`` of its deployment's pods are bound on its pool."""
+    if claim.planned <= 0:
+        return claim.count
+    return max(0, min(claim.count, claim.planned - bound_now))
 
 
 @dataclass
@@ -38,19 +55,33 @@ class CapacityLedger:
     decisions: threading.Lock = field(default_factory=threading.Lock)  # held from observe to claim
     guard: threading.Lock = field(default_factory=threading.Lock)
 
-    def others(self, key: Key) -> list[Claim]:
+    def others(self, key: Key, bound: BoundOn | None = None) -> list[Claim]:
+        """Every other deployment's open claims; with ``bound``, less the pods bound since they were made."""
         with self.guard:
-            return [c for k, claims in self.claims.items() if k != key for c in claims]
+            held = [(k, c) for k, claims in self.claims.items() if k != key for c in claims]
+        if bound is None:
+            return [c for _, c in held if c.count > 0]
+        out = []
+        for k, c in held:
+            left = outstanding(c, bound(k, c.pool)) if c.count > 0 else 0
+            if left > 0:
+                out.append(c if left == c.count else dataclasses.replace(c, count=left))
+        return out
 
-    def set(self, key: Key, claims: Sequence[Claim]) -> None:
+    def set(self, key: Key, claims: Sequence[Claim]) -> bool:
+        """Replace a deployment's claims; True when it now plans fewer replicas on some pool (room may have freed
+        for a deployment that was short of it)."""
         with self.guard:
+            before = {c.pool: c.planned or c.count for c in self.claims.get(key, ())}
             if claims:
                 self.claims[key] = tuple(claims)
             else:
                 self.claims.pop(key, None)
+        after = {c.pool: c.planned or c.count for c in claims}
+        return any(after.get(pool, 0) < n for pool, n in before.items())
 
-    def forget(self, key: Key) -> None:
-        self.set(key, ())
+    def forget(self, key: Key) -> bool:
+        return self.set(key, ())
 
 
 def claimed_on(

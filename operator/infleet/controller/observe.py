@@ -318,18 +318,28 @@ def promoted_workers(pods: Sequence[Obj], uid: str) -> tuple[WarmWorker, ...]:
 
 
 def claims_of(obs: Observation, plan: Plan) -> list[Claim]:
-    """Replicas the plan wants on each pool beyond the pods already bound there: the deployment's ledger claim."""
+    """Replicas the plan wants on each pool beyond the pods already bound there: the deployment's ledger claim.
+
+    A pool with nothing more to bind keeps a zero claim so the ledger can tell when the plan shrinks there."""
     infd = obs.deployment
     out = []
     for pool_name in sorted(set(plan.serving) | set(plan.warm)):
         if pool_name not in plan.devices_per_replica or pool_name not in obs.pools:
             continue
         have = obs.replicas.get(pool_name, PoolReplicas())
-        more = plan.serving.get(pool_name, 0) + plan.warm.get(pool_name, 0) - have.pods.bound - have.warm_ready
-        if more <= 0:
+        planned = plan.serving.get(pool_name, 0) + plan.warm.get(pool_name, 0)
+        if planned <= 0:
             continue
         pool = obs.pools[pool_name].pool
         runtime = pool_runtime(pool, plan.devices_per_replica[pool_name])
         requests = replica_requests(runtime, runtime_for(infd, pool.spec.accelerator.family))
-        out.append(Claim(node_selector=dict(pool.spec.node_selector), requests=requests, count=more, pool=pool_name))
+        out.append(
+            Claim(
+                node_selector=dict(pool.spec.node_selector),
+                requests=requests,
+                count=max(0, planned - have.pods.bound - have.warm_ready),
+                pool=pool_name,
+                planned=planned,
+            )
+        )
     return out

@@ -56,6 +56,14 @@ class Result:
     events: list[tuple[str, str, str]]  # (type, reason, message)
     saturated: list[str]
     plan: Plan | None = None
+    released: bool = False  # the plan wants fewer replicas on some pool than its last claim: room may have freed
+
+    @property
+    def short_of_capacity(self) -> bool:
+        """Placed less than asked because pools were full: worth deciding again when room frees."""
+        return self.plan is not None and self.plan.placement is not None and (
+            self.plan.placement.status == "insufficient_capacity"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,11 +150,10 @@ def reconcile(
         return invalid_spec(previous, exc, now, meta.get("generation"))
     key = (meta["namespace"], meta["name"])
     with ledger.decisions if ledger is not None else nullcontext():
-        claims = ledger.others(key) if ledger is not None else ()
+        claims = ledger.others(key, index.bound_on if index is not None else None) if ledger is not None else ()
         seen = observe_deployment(kube, body, infd, now, settings, index, claims)
         plan, next_state = decide(seen.obs, states.load(meta["uid"], previous), settings.loop)
-        if ledger is not None and plan.touch_workloads:
-            ledger.set(key, claims_of(seen.obs, plan))
+        released = ledger.set(key, claims_of(seen.obs, plan)) if ledger is not None and plan.touch_workloads else False
     if plan.touch_workloads and settings.admin_secrets is not None:
         settings.admin_secrets(seen.owner.namespace)
     done = execute(
@@ -179,7 +186,7 @@ def reconcile(
         }
     )
     _record_metrics(metrics, seen.obs, plan)
-    return finish(
+    result = finish(
         previous.get("conditions") or [],
         conds=list(plan.conditions),
         status=status,
@@ -189,6 +196,8 @@ def reconcile(
         saturated=sorted(r.pool for r in plan.rows if r.saturated),
         plan=plan,
     )
+    result.released = released
+    return result
 
 
 def _record_metrics(metrics: OperatorMetrics, obs: Observation, plan: Plan) -> None:

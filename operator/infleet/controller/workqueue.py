@@ -89,6 +89,11 @@ class WorkQueue:
         elif key not in self._urgent:
             self._ready.setdefault(key, self.clock())
 
+    def pending(self, key: Hashable) -> bool:
+        """Whether ``key`` waits to run (ready in a lane, or scheduled)."""
+        with self._cond:
+            return key in self._ready or key in self._urgent or key in self._scheduled
+
     def forget(self, key: Hashable) -> None:
         """Drop a key's back-off memory (its object is gone)."""
         with self._cond:

@@ -117,7 +117,15 @@ def test_forty_deployments_on_shared_pools_no_overcommit_no_list_per_reconcile(c
             return objs if len(done) == DEPLOYMENTS else None
 
         wait_for("every deployment decided", decided, timeout=180, every=2)
-        time.sleep(15)  # the scheduler binds, the ReplicaSets settle, further reconciles run
+
+        # The scheduler binds, the ReplicaSets settle, further reconciles run. Waiting stays well inside the 60 s
+        # resync, so a deployment wrongly refused room (devices counted twice) and never woken again fails here.
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if len((get(cluster, "pods", "-n", ns) or {}).get("items") or []) >= NODES * 4 - 8:
+                break
+            time.sleep(2)
+        time.sleep(5)  # anything planned twice would show as Unschedulable by now
         pods = (get(cluster, "pods", "-n", ns) or {}).get("items") or []
         unschedulable = [
             p["metadata"]["name"]

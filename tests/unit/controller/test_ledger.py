@@ -6,9 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from infleet.controller.handlers import Context, on_event, reconcile_deployment
+from infleet.controller.manifests import LABEL_DEPLOYMENT, LABEL_POOL, MANAGED_BY, MANAGER
 from infleet.controller.metrics import OperatorMetrics
 from infleet.controller.reconcile import Settings
-from tests.unit.controller.builders import make_infd, make_pool, node
+from infleet.controller.workqueue import WorkQueue
+from tests.unit.controller.builders import make_infd, make_pool, node, pod
 from tests.unit.controller.fakekube import FakeKube
 
 H100 = {
@@ -32,9 +34,9 @@ def add_pool(ctx: Context, name: str, selector: dict[str, str], price: float) ->
     on_event(ctx, "AcceleratorPool", "ADDED", pool)
 
 
-def add_deployment(ctx: Context, kube: FakeKube, name: str) -> None:
+def add_deployment(ctx: Context, kube: FakeKube, name: str, rps: float = 6) -> None:
     body: dict[str, Any] = make_infd(
-        name, slo={"p99LatencyMs": 2000, "throughput": {"requestsPerSecond": 6}}, scaling={"maxReplicas": 8}
+        name, slo={"p99LatencyMs": 2000, "throughput": {"requestsPerSecond": rps}}, scaling={"maxReplicas": 8}
     ).to_dict()
     body.update(apiVersion="infleet.io/v1alpha1", kind="InferenceDeployment")
     body["metadata"].update(uid=f"uid-{name}", generation=1)
@@ -103,3 +105,52 @@ def test_pools_sharing_nodes_share_the_claims() -> None:
         kube.objects["/apis/infleet.io/v1alpha1/namespaces/ns/inferencedeployments/a"],
     )
     assert ("ns", "a") not in ctx.ledger.claims
+
+
+def bind(ctx: Context, deployment: str, pool: str, node_name: str, count: int) -> list[dict[str, Any]]:
+    """Pods of ``deployment`` the scheduler bound on ``node_name`` (what the watch would deliver)."""
+    labels = {MANAGED_BY: MANAGER, LABEL_DEPLOYMENT: deployment, LABEL_POOL: pool}
+    pods = [
+        pod(f"{deployment}-{i}", node_name=node_name, requests={"nvidia.com/gpu": "1"}, labels=labels)
+        for i in range(count)
+    ]
+    for p in pods:
+        on_event(ctx, "Pod", "ADDED", p)
+    return pods
+
+
+def test_a_claim_shrinks_as_its_pods_bind_so_bound_devices_count_once() -> None:
+    ctx, kube = context()
+    add_pool(ctx, "cheap", {"karpenter.sh/nodepool": "cheap"}, 1.0)
+    add_pool(ctx, "dear", {"karpenter.sh/nodepool": "dear"}, 5.0)
+    add_deployment(ctx, kube, "a", rps=4)  # 2 replicas
+    add_deployment(ctx, kube, "b", rps=4)
+    reconcile_deployment(ctx, ("ns", "a"))
+    assert summary(kube, "a") == {"cheap": 2}
+    # a's pods bind before a is reconciled again: its claim must not hold those devices a second time.
+    bind(ctx, "a", "cheap", "cheap-1", 2)
+    reconcile_deployment(ctx, ("ns", "b"))
+    assert summary(kube, "b") == {"cheap": 2}, "the cheap node's 2 free devices were counted as taken"
+
+
+def test_a_deployment_short_of_capacity_is_woken_when_a_pod_leaves_or_a_plan_shrinks() -> None:
+    ctx, kube = context()
+    add_pool(ctx, "cheap", {"karpenter.sh/nodepool": "cheap"}, 1.0)
+    add_deployment(ctx, kube, "a", rps=8)  # 4 replicas: the whole cheap node
+    add_deployment(ctx, kube, "b", rps=4)
+    reconcile_deployment(ctx, ("ns", "a"))
+    pods = bind(ctx, "a", "cheap", "cheap-1", 4)
+    reconcile_deployment(ctx, ("ns", "b"))
+    assert summary(kube, "b") == {} and ("ns", "b") in ctx.short
+    ctx.queue = WorkQueue(lambda key: None, workers=1)
+    on_event(ctx, "Pod", "DELETED", pods[0])
+    assert ctx.queue.pending(("infd", "ns", "b"))
+    ctx.queue = WorkQueue(lambda key: None, workers=1)
+    # a's plan shrinking (it is deleted) releases its claim and wakes b too.
+    on_event(
+        ctx,
+        "InferenceDeployment",
+        "DELETED",
+        kube.objects["/apis/infleet.io/v1alpha1/namespaces/ns/inferencedeployments/a"],
+    )
+    assert ctx.queue.pending(("infd", "ns", "b"))
