@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -324,51 +326,115 @@ def served_lines(log: Path) -> int:
     return len(SERVED_LINE.findall(log.read_text(errors="replace"))) if log.exists() else 0
 
 
+def mixed_arrivals() -> list[Arrival]:
+    """10 s at 1 rps, 30 s at 6 rps (three replicas' worth), then 70 s at 1 rps of longer answers (two scale-downs
+    fit in it: see ``mixed_runtimes``). Requests come in groups sent at once: one at a time, the router's
+    tie-break (replica id) would send nearly all of them to one replica; overlapping requests go to the least
+    loaded, so every replica takes its share."""
+    low = [Arrival(at_s=float(t), prompt_words=12, max_tokens=32) for t in range(10)]
+    high = [Arrival(at_s=10 + k * 0.5, prompt_words=12, max_tokens=32) for k in range(60) for _ in range(3)]
+    tail = [Arrival(at_s=40 + k * 2.0, prompt_words=12, max_tokens=64) for k in range(35) for _ in range(2)]
+    return low + high + tail
+
+
+def pool_changes(timeline: Any, t0: float, pool: str) -> list[tuple[float, int]]:
+    """(seconds since ``t0``, ready serving pods) each time the pool's count changed."""
+    out: list[tuple[float, int]] = []
+    for t, counts in timeline.samples:
+        n = counts.get((pool, "serving"), 0)
+        if not out or out[-1][1] != n:
+            out.append((round(t - t0, 1), n))
+    return out
+
+
+def check_scaled_and_drained(changes: dict[str, list[tuple[float, int]]], last_arrival_s: float) -> None:
+    """Each runtime's pool grew under the load and shrank again while requests still arrived (a drain with traffic
+    around it: the clients' zero lost and zero cut streams are checked by the harness)."""
+    for engine, series in changes.items():
+        peak = max(n for _, n in series)
+        start, end = series[0][1], series[-1][1]
+        if peak <= start:
+            raise AssertionError(f"{engine}'s pool never scaled up: {series}")
+        if end >= peak:
+            raise AssertionError(f"{engine}'s pool never scaled down: {series}")
+        first_down = next(t for (t, n), (_, before) in zip(series[1:], series, strict=False) if n < before)
+        if first_down > last_arrival_s:
+            raise AssertionError(f"{engine}'s pool drained only after the load ended ({first_down} s): {series}")
+
+
 def mixed_runtimes(run: Run) -> Outcome:
-    """One deployment on two families with two serving stacks: its CPU pool runs llama.cpp (llama-cpp-python's
-    server on a GGUF written here), its nvidia-gpu pool infleet-worker (played on the CPU by the pod runner). The
-    CPU pool holds one replica (maxDevices 1), so of the two replicas one lands on each pool. 40 streamed requests,
-    4 at once every second, go through the gateway, which probes each replica as its runtime (llama.cpp: readiness
-    only, routed on the gateway's in-flight count). Fails
-    unless both runtimes served requests (counted in each process's own access log) and their sum is what the
-    clients got."""
+    """One deployment on two families with two serving stacks, autoscaled on live signals and drained under load:
+    its CPU pool runs llama.cpp (llama-cpp-python's server on a GGUF written here; at most 2 replicas, maxDevices
+    2), its nvidia-gpu pool infleet-worker (played on the CPU by the pod runner). It starts at one llama.cpp
+    replica (the cheaper pool); 6 rps (three replicas' worth at 2 rps each) must grow llama.cpp to 2 and add an
+    infleet-worker replica; back at 1 rps, both pools must shrink while requests still arrive (llama.cpp drains
+    on SIGTERM, infleet-worker on SIGTERM or `/admin/state`). The gateway probes each replica as its runtime
+    (llama.cpp: readiness only, routed on the gateway's in-flight count; the operator scales that pool on the
+    gateway's per-pool signals). Fails unless both runtimes served requests (counted in each process's own access
+    log), their sum is what the clients got, and the harness finds none lost, duplicated or cut mid-stream."""
     cpu, gpu, name = f"{run.namespace}-cpu", f"{run.namespace}-l4", "mixed"
     gguf = write_tiny_gguf(run.out_dir)
-    cpu_manifest = cpu_pool(cpu)
-    cpu_manifest["spec"]["maxDevices"] = 1
+    # A 5 s declared cold start: one replica is a third of the fleet, more than a scale-down step, so each goes
+    # only after the demand fitted without it for three cold starts (15 s; policy/scaling.py), and both scale-downs
+    # land inside the load's 70 s tail.
+    cpu_manifest = cpu_pool(cpu, cold_start_s=5)
+    cpu_manifest["spec"]["maxDevices"] = 2
     run.apply_cluster_scoped(cpu_manifest)
-    run.apply_cluster_scoped(l4_pool(gpu))
-    d = trace_deployment(name, [cpu, gpu], min_replicas=2, max_replicas=2)
+    run.apply_cluster_scoped(l4_pool(gpu, cold_start_s=5))
+    d = trace_deployment(name, [cpu, gpu], min_replicas=1, max_replicas=3)
     d["spec"]["model"].update({"source": f"file://{gguf}", "families": ["cpu", "nvidia-gpu"]})
     d["spec"]["model"]["runtimes"] = {"cpu": {"engine": "llama-cpp"}}
     d["spec"]["placement"]["families"] = ["cpu", "nvidia-gpu"]
     run.apply(d)
+    wait_for(f"one Ready llama.cpp pod of {name} on {cpu}",
+             lambda: [p for p in run.ready_pods(name) if p["metadata"]["labels"].get("infleet.io/pool") == cpu],
+             timeout=180)
+    engines: dict[str, str] = {}
+    logs: dict[str, list[Path]] = {}
 
-    def one_ready_per_pool() -> dict[str, dict[str, Any]] | None:
-        by_pool = {p["metadata"]["labels"].get("infleet.io/pool"): p for p in run.ready_pods(name)}
-        return by_pool if {cpu, gpu} <= set(by_pool) else None
+    def note_pods() -> None:
+        """Every serving pod's engine (pool -> runtime annotation) and access log, as pods come and go."""
+        for p in run.ready_pods(name):
+            pool = p["metadata"]["labels"].get("infleet.io/pool", "")
+            engines[pool] = (p["metadata"].get("annotations") or {}).get("infleet.io/runtime", "infleet-worker")
+            log = run.cluster.layout.run / "pods" / f"{run.namespace}_{p['metadata']['name']}.log"
+            if log not in logs.setdefault(pool, []):
+                logs[pool].append(log)
 
-    pods = wait_for(f"a Ready serving pod of {name} on {cpu} and on {gpu}", one_ready_per_pool, timeout=180)
-    engines = {pool: (p["metadata"].get("annotations") or {}).get("infleet.io/runtime", "infleet-worker")
-               for pool, p in pods.items()}
+    arrivals = mixed_arrivals()
+    watching = threading.Event()
+
+    def watch_pods() -> None:
+        while not watching.wait(1.0):
+            note_pods()
+
+    watcher = threading.Thread(target=watch_pods, name="mixed-pods", daemon=True)
+    note_pods()
+    watcher.start()
+
+    def back_to_one() -> None:  # what it reached is checked on the timeline below
+        with contextlib.suppress(TimeoutError):
+            wait_for(f"{name} back to one replica", lambda: len(run.ready_pods(name)) == 1 or None, timeout=60)
+
+    try:
+        driven = drive(run, name, arrivals, timeout_s=60, settle=back_to_one)
+    finally:
+        watching.set()
+        watcher.join(timeout=5)
     if engines != {cpu: "llama-cpp", gpu: "infleet-worker"}:
         raise AssertionError(f"the pools' pods run {engines}, not llama-cpp on {cpu} and infleet-worker on {gpu}")
-    logs = {engines[pool]: run.cluster.layout.run / "pods" / f"{run.namespace}_{p['metadata']['name']}.log"
-            for pool, p in pods.items()}
-    before = {engine: served_lines(log) for engine, log in logs.items()}
-    # Bursts of 4 at once: with one request at a time the router's tie-break (replica id) would send nearly all of
-    # them to one replica; overlapping requests go to the least loaded, so both runtimes take their share.
-    arrivals = [Arrival(at_s=float(i // 4), prompt_words=12, max_tokens=32) for i in range(40)]
-    driven = drive(run, name, arrivals, timeout_s=60)
-    by_runtime = {engine: served_lines(log) - before[engine] for engine, log in logs.items()}
+    by_runtime = {engines[pool]: sum(served_lines(log) for log in paths) for pool, paths in logs.items()}
     served = len(driven.log.served())
     if min(by_runtime.values()) == 0:
         raise AssertionError(f"a runtime served nothing: {by_runtime} of {served} served requests")
     if sum(by_runtime.values()) != served:
         raise AssertionError(f"the replicas' access logs count {by_runtime}, the clients got {served} answers")
+    changes = {engines[pool]: pool_changes(driven.timeline, driven.t0, pool) for pool in (cpu, gpu)}
+    check_scaled_and_drained(changes, arrivals[-1].at_s)
     return trace_outcome(run, name, driven, {cpu: CPU_PRICE_PER_DEVICE_HOUR, gpu: L4_PRICE_PER_DEVICE_HOUR},
-                         "40 requests, 4 at once each second, llama.cpp on cpu + infleet-worker on nvidia-gpu",
-                         {"served_by_runtime": by_runtime, "engine_by_pool": engines})
+                         "1 -> 6 -> 1 rps in groups, llama.cpp on cpu + infleet-worker on nvidia-gpu, autoscaled",
+                         {"served_by_runtime": by_runtime, "engine_by_pool": engines,
+                          "serving_changes_by_runtime": changes})
 
 
 SCENARIOS: dict[str, Callable[[Run], Outcome]] = {
