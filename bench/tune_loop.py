@@ -4,6 +4,7 @@
     .venv/bin/python bench/tune_loop.py                  # the grid clean only (192 settings, ~2 s each)
     .venv/bin/python bench/tune_loop.py --faults         # the grid under bench/sim_compare.py's FAULTS only
     .venv/bin/python bench/tune_loop.py --only now       # the constants before tuning and as they are now
+    .venv/bin/python bench/tune_loop.py --round 2 --both # round 2: queue hold x shed x down, against round 1
 
 Train traces: the 30-minute windows of both Azure traces that ``bench/sim_compare.py`` replays (same window, same
 bundled deployment per trace, same pools). The generated shapes are the test set: this script never replays them.
@@ -15,7 +16,11 @@ Each setting overrides the loop's constants for the replay only (module constant
 nothing is written): ``util`` the autoscaler's target utilisation (``loop.TARGET_UTILIZATION``), ``share`` the
 latency target as a share of the SLO (``loop.LATENCY_TARGET_SHARE``), ``band`` calibrate_capacity's hold band
 (``CALIBRATION_RAISE_BELOW``, ``CALIBRATION_LOWER_ABOVE``), ``down`` the autoscaler's ``max_scale_down_fraction``,
-``shed`` ``scaling.SHED_AFTER_COLD_STARTS`` and ``warm`` the warm pool's ``max_cost_fraction``.
+``shed`` ``scaling.SHED_AFTER_COLD_STARTS``, ``warm`` the warm pool's ``max_cost_fraction`` and ``queue``
+``autoscaler.QUEUE_HOLD_SHARE`` (0: any queue holds a scale-down, the behaviour before round 2).
+
+Round 2 (``--round 2``) replays a grid over ``queue``, ``shed`` and ``down`` with the other constants at round 1's
+picks, and holds every setting to ROUND1's attainment instead of BEFORE's (same objectives otherwise).
 
 Objectives. *Brief* (fixed before the first grid ran): the cheapest setting (mean cost relative to the fixed fleet
 over the train traces) whose attainment on each train trace is at most 0.1 points below that of the constants
@@ -41,7 +46,7 @@ from typing import Any
 
 from sim_compare import FAULTS  # bench/sim_compare.py's bad day
 
-from infleet.policy import loop, scaling
+from infleet.policy import autoscaler, loop, scaling
 from infleet.policy import warm as warm_pool
 from infleet.policy.autoscaler import AutoscalerConfig
 from infleet.sim.cli import DEFAULT_POOLS, TRACES, default_deployment
@@ -64,11 +69,12 @@ class Setting:
     down: float = AutoscalerConfig.max_scale_down_fraction
     shed: float = scaling.SHED_AFTER_COLD_STARTS
     warm: float = warm_pool.WarmPoolConfig.max_cost_fraction
+    queue: float = autoscaler.QUEUE_HOLD_SHARE
 
     def label(self) -> str:
         return (
             f"util {self.util:g}, share {self.share:g}, band {self.band[0]:g}-{self.band[1]:g}, "
-            f"down {self.down:g}, shed {self.shed:g}, warm {self.warm:g}"
+            f"down {self.down:g}, shed {self.shed:g}, warm {self.warm:g}, queue {self.queue:g}"
         )
 
     def changes(self, other: Setting) -> int:
@@ -76,7 +82,9 @@ class Setting:
 
 
 # The constants before tuning (commit 9e07e0b): the yardstick every setting's attainment is held to.
-BEFORE = Setting(util=0.8, share=0.8, band=(0.8, 0.9), down=0.25, shed=3.0, warm=0.25)
+BEFORE = Setting(util=0.8, share=0.8, band=(0.8, 0.9), down=0.25, shed=3.0, warm=0.25, queue=0.0)
+# Round 1's picks (commit 326a169): round 2's yardstick.
+ROUND1 = Setting(util=0.95, share=0.9, band=(0.8, 0.9), down=0.25, shed=3.0, warm=0.25, queue=0.0)
 NOW = Setting()  # the constants as they are in the code
 
 GRID: dict[str, tuple[Any, ...]] = {
@@ -87,6 +95,7 @@ GRID: dict[str, tuple[Any, ...]] = {
     "shed": (3.0, 1.0),
     "warm": (0.25, 0.1),
 }
+GRID2: dict[str, tuple[Any, ...]] = {"queue": (0.0, 0.1, 0.25, 0.5), "shed": (3.0, 2.0, 1.0), "down": (0.25, 0.5)}
 
 
 @contextlib.contextmanager
@@ -111,6 +120,7 @@ def overridden(s: Setting) -> Iterator[None]:
         (loop, "scaling_config", config),
         (loop, "WarmPoolConfig", warm_config),
         (scaling, "SHED_AFTER_COLD_STARTS", s.shed),
+        (autoscaler, "QUEUE_HOLD_SHARE", s.queue),
     ]
     saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     for module, name, value in patches:
@@ -152,9 +162,9 @@ def acceptable(row: dict[str, Any], before: dict[str, Any], *, strict: bool = Fa
     return True
 
 
-def pick(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Cheapest; among equals, the higher attainment, then the fewest constants changed."""
-    return min(rows, key=lambda r: (round(r["x"], 6), -sum(r[n][0] for n in TRAIN), r["setting"].changes(BEFORE)))
+def pick(rows: list[dict[str, Any]], reference: Setting = BEFORE) -> dict[str, Any]:
+    """Cheapest; among equals, the higher attainment, then the fewest constants changed from ``reference``."""
+    return min(rows, key=lambda r: (round(r["x"], 6), -sum(r[n][0] for n in TRAIN), r["setting"].changes(reference)))
 
 
 def replay_all(
@@ -184,16 +194,23 @@ def cells(row: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--only", choices=["now"], help="replay only the constants before tuning and as they are now")
+    parser.add_argument("--round", type=int, choices=[1, 2], default=1, help="which grid (default 1)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--faults", action="store_true", help="replay under bench/sim_compare.py's FAULTS only")
     which.add_argument("--both", action="store_true", help="replay clean and under FAULTS (the adopted objective)")
     parser.add_argument("--out", type=Path, help="also write the rows here (markdown)")
     args = parser.parse_args()
     started = time.perf_counter()
-    settings = [BEFORE] if args.only is None else [BEFORE, NOW]
-    if args.only is None:
+    reference = ROUND1 if args.round == 2 else BEFORE
+    settings = [reference] if args.only is None else [BEFORE, NOW]
+    if args.only is None and args.round == 1:
         keys = list(GRID)
-        settings += [Setting(**dict(zip(keys, values, strict=True))) for values in itertools.product(*GRID.values())]
+        combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*GRID.values())]
+        settings += [dataclasses.replace(BEFORE, **c) for c in combos]
+    elif args.only is None:
+        keys = list(GRID2)
+        combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*GRID2.values())]
+        settings += [dataclasses.replace(ROUND1, **c) for c in combos]
     settings = list(dict.fromkeys(settings))
     runs = [FAULTS] if args.faults else [None, FAULTS] if args.both else [None]
     results = [replay_all(settings, faults, started) for faults in runs]
@@ -207,7 +224,7 @@ def main() -> None:
     order = sorted(range(len(settings)), key=lambda i: (clean_rows[i]["x"], settings[i].label()))
     for i in order:
         s = settings[i]
-        mark = (" (before)" if s == BEFORE else "") + (" (now)" if s == NOW else "")
+        mark = (" (before)" if s == reference else "") + (" (now)" if s == NOW else "")
         row = " | ".join(cells(rows[i]) for rows, _ in results)
         brief = acceptable(clean_rows[i], clean_before)
         if args.both:
@@ -219,10 +236,10 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     ok = [r for r in clean_rows if acceptable(r, clean_before)]
-    chosen = pick(ok)
+    chosen = pick(ok, reference)
     print(f"\nbrief's objective{' (under faults)' if args.faults else ''}: {chosen['setting'].label()} "
           f"(mean x fixed {chosen['x']:.3f}; before {clean_before['x']:.3f})")  # fmt: skip
-    held = pick([r for r in ok if r["setting"].warm == BEFORE.warm])
+    held = pick([r for r in ok if r["setting"].warm == BEFORE.warm], reference)
     print(f"  with the warm pool's cost share held at {BEFORE.warm:g}: {held['setting'].label()} "
           f"(mean x fixed {held['x']:.3f})")  # fmt: skip
     if args.both:
@@ -234,7 +251,7 @@ def main() -> None:
             and acceptable(clean_rows[i], clean_before, strict=True)
             and acceptable(fault_rows[i], fault_before, strict=True)
         ]
-        final = pick([clean_rows[i] for i in strict])
+        final = pick([clean_rows[i] for i in strict], reference)
         j = settings.index(final["setting"])
         print(f"adopted objective: {final['setting'].label()} (mean x fixed clean {final['x']:.3f}, "
               f"under faults {fault_rows[j]['x']:.3f}; before {clean_before['x']:.3f}, "

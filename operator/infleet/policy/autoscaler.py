@@ -9,7 +9,10 @@ What it keeps from the systems users run today, and where it departs:
   takes the *highest* recommendation over a stabilisation window (300 s there). We keep the window (shorter by
   default, 180 s, because cold starts are charged for, not free) and the tolerance.
 * KPA: a short panic window reacts to bursts; we react to every decision instead (scale-up is never delayed) and
-  never scale down while a queue exists, which is what panic mode guarantees.
+  never scale down while a queue exists, which is what panic mode guarantees. ``QUEUE_HOLD_SHARE`` > 0 would let
+  a backlog the current capacity drains within that share of the latency target pass (batching, not a
+  shortage); it saved little on the train traces and cost attainment under faults, so it stays 0
+  (docs/benchmarks.md, "Tuning the loop", round 2).
 * KEDA: activation from zero on the first queued request, scale to zero after an idle period.
 * Ray Serve: scale-down only after a delay; here the delay is the stabilisation window plus a bounded step.
 * Beyond them: the demand is *forecast* over the time new capacity takes to arrive (cold start plus one decision
@@ -24,6 +27,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Direction = Literal["up", "down", "hold"]
+
+# A backlog the current capacity drains within this share of the latency target does not hold a scale-down (0: any
+# queue holds it). bench/tune_loop.py --round 2 tried 0.1-0.5: not adopted.
+QUEUE_HOLD_SHARE = 0.0
 
 # calibrate_capacity's hold band, as fractions of the latency target (see there).
 CALIBRATION_RAISE_BELOW = 0.8
@@ -122,6 +129,15 @@ def forecast_rate(history: tuple[tuple[float, float], ...], horizon_s: float) ->
     return max(last, min(ceiling, fitted_now + max(0.0, slope) * horizon_s))
 
 
+def queue_holds(config: AutoscalerConfig, queue_depth: int, capacity_rps: float, share: float | None = None) -> bool:
+    """A backlog that is a shortage: ``capacity_rps`` would not drain it within ``share`` (default
+    ``QUEUE_HOLD_SHARE``) of the latency target. With a share of 0, any queue is."""
+    if queue_depth <= 0:
+        return False
+    share = QUEUE_HOLD_SHARE if share is None else share
+    return capacity_rps <= 0 or queue_depth / capacity_rps >= share * config.latency_target_s
+
+
 def decide(config: AutoscalerConfig, state: AutoscalerState, obs: LoadObservation) -> ScalingDecision:
     """Desired capacity after observing ``obs`` (its ``time_s`` is *now*). Pure: same inputs, same answer."""
     now = obs.time_s
@@ -157,9 +173,9 @@ def decide(config: AutoscalerConfig, state: AutoscalerState, obs: LoadObservatio
     direction: Direction
     if raw > current * (1 + config.tolerance) or (current == 0 and raw > 0):
         desired, direction = raw, "up"
-    elif obs.queue_depth > 0 or raw >= current * (1 - config.tolerance):
+    elif (backlog := queue_holds(config, obs.queue_depth, current)) or raw >= current * (1 - config.tolerance):
         desired, direction = current, "hold"
-        if obs.queue_depth > 0 and raw < current:
+        if backlog and raw < current:
             reason = "queue present: no scale-down"
     else:
         # Cautious scale-down: the highest recommendation over the window, and at most a bounded step.

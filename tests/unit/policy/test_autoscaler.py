@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infleet.policy import AutoscalerConfig, AutoscalerState, LoadObservation, calibrate_capacity, decide
+from infleet.policy.autoscaler import queue_holds
 
 CFG = AutoscalerConfig(latency_target_s=1.0, scale_down_window_s=180.0, scale_to_zero_after_s=300.0)
 
@@ -59,6 +60,15 @@ def test_queue_blocks_scale_down() -> None:
         d = decide(CFG, state, LoadObservation(time_s=k * 15, arrival_rate_rps=0.5, queue_depth=3))
         state = d.state
         assert d.direction != "down"
+
+
+def test_which_queue_holds_a_scale_down() -> None:
+    """By default any queue does; with a share, only a backlog the capacity does not drain within it."""
+    assert queue_holds(CFG, 1, 100.0)
+    assert not queue_holds(CFG, 0, 100.0)
+    assert not queue_holds(CFG, 3, 13.3, share=0.25)  # drained in 0.23 s, under a quarter of the 1 s target
+    assert queue_holds(CFG, 4, 13.3, share=0.25)
+    assert queue_holds(CFG, 1, 0.0, share=0.25)  # nothing serves: any queue is a shortage
 
 
 @settings(max_examples=80, deadline=None)
