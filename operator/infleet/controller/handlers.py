@@ -24,6 +24,7 @@ from typing import Any, cast
 import kopf
 
 from infleet.api import GROUP, VERSION
+from infleet.controller.events import EventRecorder
 from infleet.controller.index import ClusterIndex, Key
 from infleet.controller.inferencepool import InferencePools
 from infleet.controller.informer import Informer
@@ -66,6 +67,7 @@ class Context:
     states: LoopStates = field(default_factory=LoopStates)
     index: ClusterIndex = field(default_factory=ClusterIndex)
     ledger: CapacityLedger = field(default_factory=CapacityLedger)
+    events: EventRecorder | None = None  # None: Events are posted inside the reconcile (unit tests)
     elector: LeaseElector | None = None  # None: standalone, always active
     queue: WorkQueue | None = None
     informers: list[Informer] = field(default_factory=list)
@@ -124,7 +126,10 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
         if outcome.released:
             ctx.wake_short(but=key)
         write_status(ctx, body, outcome.status)
-        emit(ctx.kube, body, outcome, now)
+        if ctx.events is not None:
+            ctx.events.record(body, outcome.events, now)
+        else:
+            emit(ctx.kube, body, outcome, now)
         sync_rules(ctx, body)
         if outcome.events:
             log.info("reconciled %s/%s: %s", *key, "; ".join(r for _, r, _ in outcome.events))
@@ -309,6 +314,8 @@ def start(ctx: Context) -> None:
         coalesce_s=ctx.coalesce_s,
         on_wait=lambda lane, waited_s: ctx.metrics.queue_wait.labels(lane=lane).observe(waited_s),
     )
+    ctx.events = EventRecorder(ctx.kube, on_drop=ctx.metrics.events_dropped.inc)
+    ctx.events.start()
     ctx.informers = informers_for(ctx)
     for informer in ctx.informers:
         informer.start()
@@ -342,6 +349,8 @@ def stop(ctx: Context, timeout_s: float = 10.0) -> None:
         informer.stop.set()
     if ctx.queue is not None:
         ctx.queue.stop(timeout_s)
+    if ctx.events is not None:
+        ctx.events.stop()
 
 
 def register_handlers(registry: kopf.OperatorRegistry, ctx: Context) -> None:

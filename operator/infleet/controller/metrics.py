@@ -33,6 +33,11 @@ class OperatorMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
             registry=r,
         )
+        self.events_dropped = Counter(
+            "infleet_events_dropped",
+            "Kubernetes Events not posted because the queue in front of the API server was full.",
+            registry=r,
+        )
         self.deployment_replicas = Gauge(
             "infleet_deployment_replicas",
             "Replicas per deployment and pool.",

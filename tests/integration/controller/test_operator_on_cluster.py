@@ -384,7 +384,11 @@ def test_full_pool_falls_back_and_moves_back_when_capacity_returns(env: tuple[An
         "AcceleratorPool h100-spot saturated",
         lambda: (get(cluster, "acceleratorpool", "h100-spot") or {}).get("status", {}).get("saturated"),
     )
-    assert [e for e in get(cluster, "events", "-n", ns)["items"] if e["reason"] == "PoolSaturated"]
+    wait_for(  # Events are posted off the reconcile path, a moment after the status
+        "a PoolSaturated event",
+        lambda: [e for e in get(cluster, "events", "-n", ns)["items"] if e["reason"] == "PoolSaturated"],
+        timeout=30,
+    )
 
     # Capacity returns: replicas move back to the cheaper pool, never dropping below 2 ready on the way.
     cluster.kubectl("delete", "pod", "-n", ns, *fillers, "--grace-period=0", "--force", "--wait=true")
