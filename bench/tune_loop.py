@@ -4,7 +4,7 @@
     .venv/bin/python bench/tune_loop.py                  # the grid clean only (192 settings, ~2 s each)
     .venv/bin/python bench/tune_loop.py --faults         # the grid under bench/sim_compare.py's FAULTS only
     .venv/bin/python bench/tune_loop.py --only now       # the constants before tuning and as they are now
-    .venv/bin/python bench/tune_loop.py --round 2 --both # round 2: queue hold x shed x down, against round 1
+    .venv/bin/python bench/tune_loop.py --round 2 --both # round 2: queue hold x shed x down x queue pressure
 
 Train traces: the 30-minute windows of both Azure traces that ``bench/sim_compare.py`` replays (same window, same
 bundled deployment per trace, same pools). The generated shapes are the test set: this script never replays them.
@@ -17,10 +17,11 @@ nothing is written): ``util`` the autoscaler's target utilisation (``loop.TARGET
 latency target as a share of the SLO (``loop.LATENCY_TARGET_SHARE``), ``band`` calibrate_capacity's hold band
 (``CALIBRATION_RAISE_BELOW``, ``CALIBRATION_LOWER_ABOVE``), ``down`` the autoscaler's ``max_scale_down_fraction``,
 ``shed`` ``scaling.SHED_AFTER_COLD_STARTS``, ``warm`` the warm pool's ``max_cost_fraction`` and ``queue``
-``autoscaler.QUEUE_HOLD_SHARE`` (0: any queue holds a scale-down, the behaviour before round 2).
+``autoscaler.QUEUE_HOLD_SHARE`` (0: any queue holds a scale-down, the behaviour before round 2), ``qpress``
+``scaling.QUEUE_PRESSURE_DRAIN_SHARE`` (0: queue per replica over its target always raises capacity, as before).
 
-Round 2 (``--round 2``) replays a grid over ``queue``, ``shed`` and ``down`` with the other constants at round 1's
-picks, and holds every setting to ROUND1's attainment instead of BEFORE's (same objectives otherwise).
+Round 2 (``--round 2``) replays a grid over ``queue``, ``shed``, ``down`` and ``qpress`` with the other constants at
+round 1's picks, and holds every setting to ROUND1's attainment instead of BEFORE's (same objectives otherwise).
 
 Objectives. *Brief* (fixed before the first grid ran): the cheapest setting (mean cost relative to the fixed fleet
 over the train traces) whose attainment on each train trace is at most 0.1 points below that of the constants
@@ -70,11 +71,13 @@ class Setting:
     shed: float = scaling.SHED_AFTER_COLD_STARTS
     warm: float = warm_pool.WarmPoolConfig.max_cost_fraction
     queue: float = autoscaler.QUEUE_HOLD_SHARE
+    qpress: float = scaling.QUEUE_PRESSURE_DRAIN_SHARE
 
     def label(self) -> str:
         return (
             f"util {self.util:g}, share {self.share:g}, band {self.band[0]:g}-{self.band[1]:g}, "
-            f"down {self.down:g}, shed {self.shed:g}, warm {self.warm:g}, queue {self.queue:g}"
+            f"down {self.down:g}, shed {self.shed:g}, warm {self.warm:g}, queue {self.queue:g}, "
+            f"qpress {self.qpress:g}"
         )
 
     def changes(self, other: Setting) -> int:
@@ -82,9 +85,9 @@ class Setting:
 
 
 # The constants before tuning (commit 9e07e0b): the yardstick every setting's attainment is held to.
-BEFORE = Setting(util=0.8, share=0.8, band=(0.8, 0.9), down=0.25, shed=3.0, warm=0.25, queue=0.0)
+BEFORE = Setting(util=0.8, share=0.8, band=(0.8, 0.9), down=0.25, shed=3.0, warm=0.25, queue=0.0, qpress=0.0)
 # Round 1's picks (commit 326a169): round 2's yardstick.
-ROUND1 = Setting(util=0.95, share=0.9, band=(0.8, 0.9), down=0.25, shed=3.0, warm=0.25, queue=0.0)
+ROUND1 = Setting(util=0.95, share=0.9, band=(0.8, 0.9), down=0.25, shed=3.0, warm=0.25, queue=0.0, qpress=0.0)
 NOW = Setting()  # the constants as they are in the code
 
 GRID: dict[str, tuple[Any, ...]] = {
@@ -95,7 +98,12 @@ GRID: dict[str, tuple[Any, ...]] = {
     "shed": (3.0, 1.0),
     "warm": (0.25, 0.1),
 }
-GRID2: dict[str, tuple[Any, ...]] = {"queue": (0.0, 0.1, 0.25, 0.5), "shed": (3.0, 2.0, 1.0), "down": (0.25, 0.5)}
+GRID2: dict[str, tuple[Any, ...]] = {
+    "queue": (0.0, 0.1, 0.25, 0.5),
+    "shed": (3.0, 2.0, 1.0),
+    "down": (0.25, 0.5),
+    "qpress": (0.0, 0.25, 0.5, 1.0),
+}
 
 
 @contextlib.contextmanager
@@ -121,6 +129,7 @@ def overridden(s: Setting) -> Iterator[None]:
         (loop, "WarmPoolConfig", warm_config),
         (scaling, "SHED_AFTER_COLD_STARTS", s.shed),
         (autoscaler, "QUEUE_HOLD_SHARE", s.queue),
+        (scaling, "QUEUE_PRESSURE_DRAIN_SHARE", s.qpress),
     ]
     saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     for module, name, value in patches:

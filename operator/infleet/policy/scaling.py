@@ -40,6 +40,9 @@ from infleet.policy.placement import place
 from infleet.policy.types import PlacementRequest, PoolOffer
 
 SHED_AFTER_COLD_STARTS = 3.0
+# Queue per replica raises capacity only when the current capacity would not drain the backlog within this share
+# of the latency target (0: whenever the backlog per replica exceeds the target, as before round 2).
+QUEUE_PRESSURE_DRAIN_SHARE = 0.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ def scale_step(
     auto_state = dataclasses.replace(state.autoscaler, desired_capacity_rps=have)
     decision = decide(config.autoscaler, auto_state, dataclasses.replace(obs, ready_capacity_rps=ready_cap))
     want = _queue_pressure(config, decision.desired_capacity_rps, have, obs.queue_depth, sum(current.values()))
+    if want > decision.desired_capacity_rps and _drains_soon(config, obs.queue_depth, have):
+        want = decision.desired_capacity_rps
     want = _up_stabilised(config, decision, want, have, obs.time_s)
     decision = dataclasses.replace(decision, desired_capacity_rps=want)
     spare_since = state.spare_since_s
@@ -168,6 +173,12 @@ def _queue_pressure(config: FleetScalingConfig, want: float, have: float, queue:
     if per_replica <= target:
         return want
     return max(want, have * min(2.0, per_replica / target))
+
+
+def _drains_soon(config: FleetScalingConfig, queue: int, have: float) -> bool:
+    """A backlog the current capacity clears within ``QUEUE_PRESSURE_DRAIN_SHARE`` of the latency target."""
+    share = QUEUE_PRESSURE_DRAIN_SHARE
+    return share > 0 and have > 0 and queue / have < share * config.autoscaler.latency_target_s
 
 
 def _up_stabilised(

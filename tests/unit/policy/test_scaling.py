@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from infleet.policy import (
     AutoscalerConfig,
     FleetScalingConfig,
@@ -10,6 +14,7 @@ from infleet.policy import (
     PlacementRequest,
     PoolOffer,
     scale_step,
+    scaling,
 )
 
 CFG = FleetScalingConfig(
@@ -91,3 +96,18 @@ def test_a_big_replica_is_shed_only_after_shed_after_s() -> None:
             break
     assert current == {"big": 1}
     assert kept_until is not None and kept_until >= 60
+
+
+def test_queue_per_replica_raises_capacity_unless_the_backlog_drains_within_the_drain_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """7 waiting on one 10 rps H100 (target 4 per replica): by default capacity grows; with a drain share of 1
+    (drained in 0.7 s, inside the 1 s target) it does not."""
+    config = dataclasses.replace(CFG, target_queue_per_replica=4.0)
+    grown = scale_step(config, FleetScalingState(), obs(0, 5.0, queue=7), request({"big": 1}), {"big": 1})
+    assert sum(grown.replicas.values()) > 1
+    monkeypatch.setattr(scaling, "QUEUE_PRESSURE_DRAIN_SHARE", 1.0)
+    held = scale_step(config, FleetScalingState(), obs(0, 5.0, queue=7), request({"big": 1}), {"big": 1})
+    assert held.replicas == {"big": 1}
+    deep = scale_step(config, FleetScalingState(), obs(0, 5.0, queue=30), request({"big": 1}), {"big": 1})
+    assert sum(deep.replicas.values()) > 1  # 3 s of backlog: a shortage
