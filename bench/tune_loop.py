@@ -5,6 +5,7 @@
     .venv/bin/python bench/tune_loop.py --faults         # the grid under bench/sim_compare.py's FAULTS only
     .venv/bin/python bench/tune_loop.py --only now       # the constants before tuning and as they are now
     .venv/bin/python bench/tune_loop.py --round 2 --both # round 2: queue hold x shed x down x queue pressure
+    .venv/bin/python bench/tune_loop.py --round 3 --both # round 3: round 2's rules on a wider train set
 
 Train traces: the 30-minute windows of both Azure traces that ``bench/sim_compare.py`` replays (same window, same
 bundled deployment per trace, same pools). The generated shapes are the test set: this script never replays them.
@@ -22,6 +23,9 @@ latency target as a share of the SLO (``loop.LATENCY_TARGET_SHARE``), ``band`` c
 
 Round 2 (``--round 2``) replays a grid over ``queue``, ``shed``, ``down`` and ``qpress`` with the other constants at
 round 1's picks, and holds every setting to ROUND1's attainment instead of BEFORE's (same objectives otherwise).
+Round 3 (``--round 3``) replays GRID3 on a wider train set: the two Azure windows plus the four generated shapes
+with their own seeds (``SHAPES`` with seed + 100: the same generator, never the test traces' seeds), because the
+Azure windows never exercised the queue-per-replica rule.
 
 Objectives. *Brief* (fixed before the first grid ran): the cheapest setting (mean cost relative to the fixed fleet
 over the train traces) whose attainment on each train trace is at most 0.1 points below that of the constants
@@ -45,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sim_compare import FAULTS  # bench/sim_compare.py's bad day
+from sim_compare import FAULTS, SHAPES  # bench/sim_compare.py's bad day and generated shapes
 
 from infleet.policy import autoscaler, loop, scaling
 from infleet.policy import warm as warm_pool
@@ -55,9 +59,11 @@ from infleet.sim.engine import Faults
 from infleet.sim.fleet import SimFleet, load_fleet
 from infleet.sim.operator_loop import Infleet
 from infleet.sim.trace import Trace, load_trace
+from infleet.sim.tracegen import generate
 from infleet.sim.yardsticks import hindsight_fixed, replay
 
-TRAIN = ("conv", "code")  # the Azure traces; the generated shapes (test) are never replayed here
+TRAIN: list[str] = ["conv", "code"]  # the Azure traces (round 3 adds shapes); the test shapes' seeds never run here
+TRAIN_SEED_OFFSET = 100  # round 3's generated train shapes: sim_compare's SHAPES with these seeds added
 TOLERANCE = 0.001  # attainment may fall at most 0.1 points below BEFORE's (or stay >= GOAL where BEFORE's is)
 GOAL = 0.99
 
@@ -104,6 +110,7 @@ GRID2: dict[str, tuple[Any, ...]] = {
     "down": (0.25, 0.5),
     "qpress": (0.0, 0.25, 0.5, 1.0),
 }
+GRID3: dict[str, tuple[Any, ...]] = {"queue": (0.0, 0.25), "qpress": (0.0, 0.5, 1.0), "shed": (3.0, 1.0)}
 
 
 @contextlib.contextmanager
@@ -143,10 +150,14 @@ def overridden(s: Setting) -> Iterator[None]:
 
 def train_sets() -> list[tuple[str, Trace, SimFleet]]:
     out = []
-    for name in TRAIN:
+    for name in ("conv", "code"):
         path = TRACES / f"azure-llm-2023-{name}.csv"
         trace = load_trace(path).window(0.0, 30 * 60)  # bench/sim_compare.py's window
         out.append((name, trace, load_fleet([DEFAULT_POOLS], default_deployment(path))))
+    for name in TRAIN[2:]:  # round 3's generated shapes
+        spec = next(s for s in SHAPES if name == f"gen-{s.shape}-s{s.seed + TRAIN_SEED_OFFSET}")
+        trace = generate(dataclasses.replace(spec, duration_s=30 * 60, seed=spec.seed + TRAIN_SEED_OFFSET))
+        out.append((name, trace, load_fleet([DEFAULT_POOLS], default_deployment(Path(f"{trace.name}.csv")))))
     return out
 
 
@@ -203,22 +214,25 @@ def cells(row: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--only", choices=["now"], help="replay only the constants before tuning and as they are now")
-    parser.add_argument("--round", type=int, choices=[1, 2], default=1, help="which grid (default 1)")
+    parser.add_argument("--round", type=int, choices=[1, 2, 3], default=1, help="which grid (default 1)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--faults", action="store_true", help="replay under bench/sim_compare.py's FAULTS only")
     which.add_argument("--both", action="store_true", help="replay clean and under FAULTS (the adopted objective)")
     parser.add_argument("--out", type=Path, help="also write the rows here (markdown)")
     args = parser.parse_args()
     started = time.perf_counter()
-    reference = ROUND1 if args.round == 2 else BEFORE
+    if args.round == 3:
+        TRAIN.extend(f"gen-{s.shape}-s{s.seed + TRAIN_SEED_OFFSET}" for s in SHAPES)
+    reference = ROUND1 if args.round >= 2 else BEFORE
     settings = [reference] if args.only is None else [BEFORE, NOW]
     if args.only is None and args.round == 1:
         keys = list(GRID)
         combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*GRID.values())]
         settings += [dataclasses.replace(BEFORE, **c) for c in combos]
     elif args.only is None:
-        keys = list(GRID2)
-        combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*GRID2.values())]
+        grid = GRID2 if args.round == 2 else GRID3
+        keys = list(grid)
+        combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
         settings += [dataclasses.replace(ROUND1, **c) for c in combos]
     settings = list(dict.fromkeys(settings))
     runs = [FAULTS] if args.faults else [None, FAULTS] if args.both else [None]
