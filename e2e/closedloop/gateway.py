@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from closedloop.waiting import free_port, wait_for
+from closedloop.waiting import wait_for
+from infleet_devcluster.ports import free_port
 
 
 class GatewayProcess:

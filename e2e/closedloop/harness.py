@@ -25,8 +25,9 @@ import httpx
 import yaml
 
 from closedloop.gateway import GatewayProcess
-from closedloop.waiting import free_port, wait_for
+from closedloop.waiting import wait_for
 from infleet_devcluster.cluster import LocalCluster, RunnerSettings
+from infleet_devcluster.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO / ".cache" / "e2e-cluster"

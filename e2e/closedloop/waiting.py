@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -19,9 +18,3 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: fl
             return last
         time.sleep(every)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,12 +29,6 @@ def apply_crds(cluster: Any) -> None:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def helm(cluster: Any, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:

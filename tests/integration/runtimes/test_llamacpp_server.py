@@ -7,7 +7,6 @@ model's greedy output is checked token for token against an independent full-seq
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from infleet.controller.manifests import ContainerOverrides, Owner, PoolRuntime, Workload, render_deployment
+from infleet_devcluster.ports import free_port
 from tests.integration.runtimes.gguf_checkpoint import Quant, write_gguf
 from tests.unit.worker.hf_checkpoint import TinyCheckpoint, build_checkpoint, reference_greedy, reference_prompt_ids
 
@@ -33,12 +33,6 @@ OWNER = Owner("infleet.io/v1alpha1", "InferenceDeployment", "chat", "default", "
 CPU_POOL = PoolRuntime(name="cpu", device="cpu", node_selector={"pool": "cpu"}, resource_name="cpu",
                        devices_per_replica=1, units_per_device=2, default_requests={"memory": "2Gi"})
 MESSAGES = [{"role": "user", "content": "Hello!"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rendered_container(gguf: Path) -> dict[str, Any]:

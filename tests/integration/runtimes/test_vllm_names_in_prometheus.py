@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from infleet.runtimes.normalise import metric_relabelings
+from infleet_devcluster.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +38,6 @@ def prometheus_binary() -> str | None:
         return found
     pinned = sorted(glob.glob(os.path.expanduser("~/.cache/infleet/bin/prometheus-v*")))
     return pinned[-1] if pinned else None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Page(http.server.BaseHTTPRequestHandler):

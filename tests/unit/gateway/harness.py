@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,15 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from infleet.policy.routing import RoutingConfig
+from infleet_devcluster.ports import free_port
 from infleet_gateway.admission import AdmissionConfig
 from infleet_gateway.replicas import DeploymentSpec, EndpointTable, ReplicaSpec
 from infleet_gateway.server import Gateway, ProxyConfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,15 +16,10 @@ from typing import Any
 
 import pytest
 
+from infleet_devcluster.ports import free_port
 from tests.unit.worker.processes import wait_ready
 
 pytest.importorskip("torch")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def post(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, bytes]:

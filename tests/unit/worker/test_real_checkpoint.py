@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -24,6 +23,7 @@ pytest.importorskip("openai")
 import openai
 import torch
 
+from infleet_devcluster.ports import free_port
 from infleet_worker.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
 from infleet_worker.checkpoint import load_checkpoint
 from infleet_worker.config import UnsupportedModelError
@@ -37,12 +37,6 @@ from .hf_checkpoint import TinyCheckpoint, build_checkpoint, reference_greedy, r
 ADMIN_TOKEN = "test-admin-token"
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "What is the capital of France?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Callable
 
@@ -15,18 +14,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("aiohttp")
 
+from infleet_devcluster.ports import free_port
 from infleet_worker.engine import Engine
 from infleet_worker.metrics import WorkerMetrics
 from infleet_worker.server import MAX_PROMPT_CHARS_PER_TOKEN, ServedModel, WorkerServer, running_site
 from infleet_worker.tokenizer import ByteTokenizer
 
 from .test_server import run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SlowTokenizer(ByteTokenizer):
