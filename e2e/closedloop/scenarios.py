@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from closedloop import faults
 from closedloop.drive import Driven, Fault, drive
@@ -362,6 +363,17 @@ def check_scaled_and_drained(changes: dict[str, list[tuple[float, int]]], last_a
             raise AssertionError(f"{engine}'s pool drained only after the load ended ({first_down} s): {series}")
 
 
+def routed_by_pool(metrics_page: str, deployment: str) -> dict[str, float]:
+    """``infleet_gateway_routed_total`` per pool for one deployment (summed over replicas and reasons)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_page):
+        for sample in family.samples:
+            if sample.name == "infleet_gateway_routed_total" and sample.labels.get("deployment") == deployment:
+                pool = sample.labels.get("pool", "")
+                out[pool] = out.get(pool, 0.0) + sample.value
+    return out
+
+
 def mixed_runtimes(run: Run) -> Outcome:
     """One deployment on two families with two serving stacks, autoscaled on live signals and drained under load:
     its CPU pool runs llama.cpp (llama-cpp-python's server on a GGUF written here; at most 2 replicas, maxDevices
@@ -431,10 +443,14 @@ def mixed_runtimes(run: Run) -> Outcome:
         raise AssertionError(f"the replicas' access logs count {by_runtime}, the clients got {served} answers")
     changes = {engines[pool]: pool_changes(driven.timeline, driven.t0, pool) for pool in (cpu, gpu)}
     check_scaled_and_drained(changes, arrivals[-1].at_s)
+    routed = routed_by_pool(httpx.get(run.gateway.metrics_url, timeout=10).text, name)
+    # Every answer was routed there first (a retry before the first byte routes once more, so >= not ==).
+    if any(routed.get(p, 0.0) < max(1, by_runtime[engines[p]]) for p in (cpu, gpu)):
+        raise AssertionError(f"the gateway's metrics count {routed} routed per pool, the replicas served {by_runtime}")
     return trace_outcome(run, name, driven, {cpu: CPU_PRICE_PER_DEVICE_HOUR, gpu: L4_PRICE_PER_DEVICE_HOUR},
                          "1 -> 6 -> 1 rps in groups, llama.cpp on cpu + infleet-worker on nvidia-gpu, autoscaled",
                          {"served_by_runtime": by_runtime, "engine_by_pool": engines,
-                          "serving_changes_by_runtime": changes})
+                          "serving_changes_by_runtime": changes, "gateway_routed_by_pool": routed})
 
 
 SCENARIOS: dict[str, Callable[[Run], Outcome]] = {
