@@ -27,12 +27,12 @@ import yaml
 
 from infleet.slo import burn_rate_alerts, operator_alerts, recording_rules, rule_file
 from infleet.slo.render import to_yaml
+from infleet_devcluster.ports import free_port
 from tests.integration.chart.chart_cluster import (
     CHART,
     apply_crds,
     cleanup,
     deployment_manifest,
-    free_port,
     operator_process,
     pool_manifest,
     unique,

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
+from infleet_devcluster.ports import free_port
 from tests.integration.chart.chart_cluster import (
     CHART,
     apply_crds,
     cleanup,
     deployment_manifest,
-    free_port,
     helm,
     kube_json,
     operator_process,
