@@ -36,11 +36,17 @@ class ParsedWorkerPage:
 ANSWERED = ParsedWorkerPage(waiting=None, running=None, kv_usage=None, state=None)  # a health path's 200
 
 
+_warned_engines: set[str] = set()
+
+
 def adapter_for(engine: str) -> Runtime:
-    """The runtime a replica runs; an engine this gateway does not know is probed as the default's (it logs)."""
+    """The runtime a replica runs; an engine this gateway does not know is probed as the default's (logged once per
+    engine: the probe runs for every replica every interval)."""
     adapter = RUNTIMES.get(engine)
     if adapter is None:
-        log.warning("unknown runtime engine %r: probed as %s", engine, DEFAULT_ENGINE)
+        if engine not in _warned_engines:
+            _warned_engines.add(engine)
+            log.warning("unknown runtime engine %r: probed as %s", engine, DEFAULT_ENGINE)
         return RUNTIMES[DEFAULT_ENGINE]
     return adapter
 

@@ -76,8 +76,11 @@ def test_worker_and_vllm_lines_that_do_not_parse_are_skipped() -> None:
     assert parse_worker_page("vllm:num_requests_running{x=\"1\"}\n", "vllm").running is None
 
 
-def test_unknown_engine_is_probed_as_the_default() -> None:
-    assert adapter_for("no-such-engine").engine == "infleet-worker"
+def test_unknown_engine_is_probed_as_the_default_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="infleet_gateway.probe"):
+        for _ in range(3):
+            assert adapter_for("no-such-engine-x").engine == "infleet-worker"
+    assert sum("no-such-engine-x" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_kube_discovery_carries_the_pods_runtime_annotation() -> None:
