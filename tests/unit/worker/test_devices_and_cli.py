@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 
 import pytest
 
@@ -11,6 +10,7 @@ pytest.importorskip("torch")
 
 import torch
 
+from infleet_devcluster.ports import free_port
 from infleet_worker.cli import build_parser, main
 from infleet_worker.devices import DeviceUnavailableError, resolve_device
 
@@ -51,9 +51,7 @@ def test_unknown_device_and_dtype() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("torch_xla") is not None, reason="torch_xla is installed")
 def test_serve_exits_non_zero_when_the_device_is_missing(caplog: pytest.LogCaptureFixture) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     assert main(["serve", "--device", "xla", "--host", "127.0.0.1", "--port", str(port)]) == 2
     assert "torch_xla" in caplog.text
 

@@ -65,9 +65,8 @@ def test_quantised_model_memory_and_deviation() -> None:
 
 
 @torch.no_grad()
-def test_served_path_of_a_quantised_model_matches_its_full_forward() -> None:
-    q = model()  # std 0.3: peaked logits, so greedy choices are far from ties between the two paths
-    quantize_int8(q)
+def assert_served_greedy_matches_full_forward(q: LlamaModel) -> None:
+    """The engine's greedy tokens (chunked prefill, batched decode, paged KV) equal argmax of the full forward."""
     prompts = [[256, *[(7 * i + j) % 256 for j in range(9 + 5 * i)]] for i in range(4)]
     engine = Engine(ModelRunner(q, 4, 128), ByteTokenizer(), EngineConfig(num_slots=4, max_seq_len=128,
                                                                            max_num_batched_tokens=16))
@@ -79,3 +78,9 @@ def test_served_path_of_a_quantised_model_matches_its_full_forward() -> None:
             want.append(t)
             ids.append(t)
         assert tokens_of(events) == want
+
+
+def test_served_path_of_a_quantised_model_matches_its_full_forward() -> None:
+    q = model()  # std 0.3: peaked logits, so greedy choices are far from ties between the two paths
+    quantize_int8(q)
+    assert_served_greedy_matches_full_forward(q)

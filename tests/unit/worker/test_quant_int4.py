@@ -9,7 +9,6 @@ import copy
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -21,18 +20,16 @@ pytest.importorskip("torch")
 
 import torch
 
+from infleet_devcluster.ports import free_port
 from infleet_worker.checkpoint import empty_model
 from infleet_worker.cli import build_parser, main
 from infleet_worker.config import ModelConfig, builtin_config
-from infleet_worker.engine import Engine, EngineConfig, SamplingParams
 from infleet_worker.model import LlamaModel, init_random_weights
 from infleet_worker.quant import Int4Linear, linear_weight_bytes, quantize_int4
-from infleet_worker.runner import ModelRunner
-from infleet_worker.tokenizer import ByteTokenizer
 from tests.unit.worker.processes import wait_ready
 
-from .conftest import run_to_completion, tokens_of
 from .test_model import reference_logits
+from .test_quant import assert_served_greedy_matches_full_forward
 
 # Every input width a multiple of 128 (like real Llamas), output widths multiples of 16 (the CPU packer's need).
 SMALL = ModelConfig(vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -129,21 +126,10 @@ def test_tiny_model_keeps_the_layers_the_group_does_not_fit() -> None:
         quantize_int4(model(builtin_config("tiny")), 100)
 
 
-@torch.no_grad()
 def test_served_path_of_an_int4_model_matches_its_full_forward() -> None:
     q = model(SMALL)
     quantize_int4(q, 64)
-    prompts = [[256, *[(7 * i + j) % 256 for j in range(9 + 5 * i)]] for i in range(4)]
-    engine = Engine(ModelRunner(q, 4, 128), ByteTokenizer(), EngineConfig(num_slots=4, max_seq_len=128,
-                                                                           max_num_batched_tokens=16))
-    outs = run_to_completion(engine, prompts, SamplingParams(max_tokens=10, ignore_eos=True))
-    for prompt, events in zip(prompts, outs, strict=True):
-        ids, want = list(prompt), []
-        for _ in range(10):
-            t = int(reference_logits(q, ids)[-1].argmax())
-            want.append(t)
-            ids.append(t)
-        assert tokens_of(events) == want
+    assert_served_greedy_matches_full_forward(q)
 
 
 def test_group_size_flag(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,9 +144,7 @@ def test_group_size_flag(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
 
 
 def test_serve_refuses_a_group_size_that_fits_no_layer(caplog: pytest.LogCaptureFixture) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     caplog.set_level(logging.ERROR)
     assert main(["serve", "--model", "tiny", "--device", "cpu", "--quantize", "int4", "--host", "127.0.0.1",
                  "--port", str(port)]) == 2
@@ -168,9 +152,7 @@ def test_serve_refuses_a_group_size_that_fits_no_layer(caplog: pytest.LogCapture
 
 
 def test_cli_serves_an_int4_model_greedily() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "infleet_worker.cli", "serve", "--model", "tiny", "--device", "cpu", "--host",
