@@ -131,11 +131,25 @@ def burst(ips: list[str], model: str, requests: int = 40) -> int:
     return ok
 
 
-def prometheus_binary(cluster: LocalCluster) -> str | None:
-    """`prometheus` on PATH, else the pinned build (built once, then cached)."""
+def reads_config(prometheus: str, config: Path) -> bool:
+    """Whether this Prometheus build accepts the demo's config. Distribution packages (Debian's) are built without
+    Kubernetes service discovery and refuse `kubernetes_sd_configs`; their promtool, beside them, says so."""
+    promtool = Path(prometheus).with_name("promtool")
+    if not promtool.exists():
+        return True
+    check = subprocess.run([str(promtool), "check", "config", "--syntax-only", str(config)],
+                           capture_output=True, text=True, check=False)
+    return check.returncode == 0
+
+
+def prometheus_binary(cluster: LocalCluster, config: Path) -> str | None:
+    """`prometheus` on PATH when it can read ``config``, else the pinned build (built once, then cached)."""
     found = shutil.which("prometheus")
-    if found:
+    if found and reads_config(found, config):
         return found
+    if found:
+        say(f"{found} cannot read the demo's config (no Kubernetes service discovery in that build): using the "
+            f"pinned Prometheus {cluster.versions.prometheus}")
     pinned = binary_path("prometheus", cluster.versions.prometheus)
     if not pinned.exists():
         say(f"no prometheus on PATH: building the pinned Prometheus {cluster.versions.prometheus} from the Go module "
@@ -196,17 +210,21 @@ def write_prometheus_config(cluster: LocalCluster, prom_dir: Path) -> Path:
 
 
 def start_prometheus(cluster: LocalCluster) -> bool:
-    binary = prometheus_binary(cluster)
-    if binary is None:
-        return False
     prom_dir = DEMO_DIR / "prometheus"
     config = write_prometheus_config(cluster, prom_dir)
+    binary = prometheus_binary(cluster, config)
+    if binary is None:
+        return False
     if processes.running(DEMO_DIR, "prometheus") is None:
         processes.start("prometheus", [
             binary, f"--config.file={config}", f"--storage.tsdb.path={prom_dir / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}", "--log.level=warn",
         ], DEMO_DIR)
-    return _wait_http(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready", timeout=60)
+    if _wait_http(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready", timeout=60):
+        return True
+    print(processes.log_tail(DEMO_DIR / "prometheus.log"), file=sys.stderr)
+    say(f"Prometheus ({binary}) did not become ready; its log is above. Skipping the metrics stack")
+    return False
 
 
 def query(expr: str) -> list[Any]:
@@ -295,6 +313,9 @@ def up(args: argparse.Namespace) -> int:
     print(cluster.kubectl("get", "acceleratorpools").stdout)
     print(cluster.kubectl("get", "inferencedeployments", "-A").stdout)
     print(cluster.kubectl("get", "pods", "-n", DEMO_NAMESPACE, "-o", "wide").stdout)
+    # Read again: the first Placed condition may predate a watch event (the models claim applied with the
+    # deployments), and what the operator says now is what the table above shows.
+    placed = {**placed, **wait_placed(cluster, names, timeout=10)}
     missing = [f"{ns}/{n}" for ns, n in names if f"{ns}/{n}" not in placed]
     for key, cond in sorted(placed.items()):
         print(f"  {key}: Placed={cond}")
