@@ -21,7 +21,9 @@ from infleet.controller.manifests import LABEL_DEPLOYMENT, LABEL_POOL, LABEL_ROL
 from infleet.controller.snapshot import (
     ClusterView,
     Shape,
+    admits,
     allocatable,
+    hard_taints,
     node_usable,
     pod_active,
     pod_ready,
@@ -75,12 +77,23 @@ def trim_node(node: Obj) -> Obj:
     status = node.get("status") or {}
     return {
         "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
-        "spec": {"unschedulable": True} if (node.get("spec") or {}).get("unschedulable") else {},
+        "spec": trimmed_node_spec(node),
         "status": {
             "allocatable": dict(status.get("allocatable") or {}),
             "conditions": [{"type": c.get("type"), "status": c.get("status")} for c in status.get("conditions") or []],
         },
     }
+
+
+def trimmed_node_spec(node: Obj) -> Obj:
+    """Cordoned or not, and the taints that decide which pools may use the node (see ``snapshot.admits``)."""
+    spec: Obj = {}
+    if (node.get("spec") or {}).get("unschedulable"):
+        spec["unschedulable"] = True
+    taints = [{k: t[k] for k in ("key", "value", "effect") if t.get(k) is not None} for t in hard_taints(node)]
+    if taints:
+        spec["taints"] = taints
+    return spec
 
 
 def node_shape(node: Obj, requested: Mapping[str, float] | None, pods: int) -> Shape:
@@ -94,13 +107,9 @@ def node_shape(node: Obj, requested: Mapping[str, float] | None, pods: int) -> S
     )
 
 
-def _selector(pool: Obj) -> Mapping[str, str]:
-    return ((pool.get("spec") or {}).get("nodeSelector")) or {}
-
-
-def _matches(selector: Mapping[str, str], node: Obj) -> bool:
-    labels = node["metadata"].get("labels") or {}
-    return all(labels.get(k) == v for k, v in selector.items())
+def _pool_admits(pool: Obj, node: Obj) -> bool:
+    spec = pool.get("spec") or {}
+    return admits(spec.get("nodeSelector") or {}, spec.get("tolerations") or [], node)
 
 
 def trim_workload(obj: Obj) -> Obj:
@@ -182,8 +191,9 @@ class ClusterIndex:
                 if deleted:
                     self.pool_shapes.pop(name, None)
                 if changed and not deleted:
-                    selector = _selector(self.pools[name])
-                    self.pool_nodes[name] = {n for n, node in self.nodes.items() if _matches(selector, node)}
+                    self.pool_nodes[name] = {
+                        n for n, node in self.nodes.items() if _pool_admits(self.pools[name], node)
+                    }
                     self.pool_shapes[name] = Counter(self.node_shapes[n] for n in self.pool_nodes[name])
                 return set(self.deployments) if changed else set()
             if kind == "InferenceDeployment":
@@ -269,7 +279,7 @@ class ClusterIndex:
             self.nodes[name] = trim_node(body)
             for pool_name, pool in self.pools.items():
                 members = self.pool_nodes.setdefault(pool_name, set())
-                if _matches(_selector(pool), self.nodes[name]):
+                if _pool_admits(pool, self.nodes[name]):
                     members.add(name)
                 else:
                     members.discard(name)

@@ -30,6 +30,7 @@ from infleet.controller.promotion import is_promoted, promotable, ready_since_s
 from infleet.controller.snapshot import (
     ClusterView,
     NodeUse,
+    admits,
     group_pods,
     infleet_devices_by_pool,
     node_usage,
@@ -187,7 +188,9 @@ def observe(
         if view.pool_nodes is not None:
             mine_nodes = set(view.pool_nodes.get(runtime.name, frozenset())) - taken
         else:
-            mine_nodes = {u.name for u in usage if u.name not in taken and selects(pool.spec.node_selector, u.labels)}
+            tolerations = [t.to_dict() for t in pool.spec.tolerations]
+            admitted = {n["metadata"]["name"] for n in nodes if admits(pool.spec.node_selector, tolerations, n)}
+            mine_nodes = {u.name for u in usage if u.name not in taken and u.name in admitted}
         taken |= mine_nodes
         entries = (
             grouped_usage(view, runtime.name, mine_only, own_selector, namespace)

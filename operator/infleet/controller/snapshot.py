@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from infleet.api import AcceleratorPool
 from infleet.controller.kube import Kube, Obj
@@ -44,6 +45,36 @@ def parse_time(value: str | None) -> datetime | None:
 
 def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+HARD_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+def hard_taints(node: Obj) -> list[Obj]:
+    """The taints that keep a pod off a node unless it tolerates them (PreferNoSchedule only steers the scheduler)."""
+    return [t for t in node.get("spec", {}).get("taints") or [] if t.get("effect") in HARD_TAINT_EFFECTS]
+
+
+def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
+    """core/v1 matching: the effect (unset: any), then the key (unset with Exists: any) and, for Equal, the value."""
+    if toleration.get("effect") and toleration.get("effect") != taint.get("effect"):
+        return False
+    key = toleration.get("key")
+    if (toleration.get("operator") or "Equal") == "Exists":
+        return not key or key == taint.get("key")
+    return key == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or "")
+
+
+def admits(selector: Mapping[str, str], tolerations: Sequence[Mapping[str, Any]], node: Obj) -> bool:
+    """Whether a pool's pods may land on a node: its selector matches and it tolerates every hard taint.
+
+    A node the pool selects but cannot tolerate (``node.kubernetes.io/not-ready`` while a new node settles, a
+    disruption taint while it drains, a dedicated-team taint) offers no capacity: counting it would plan pods the
+    scheduler leaves Pending.
+    """
+    if not selects(selector, node.get("metadata", {}).get("labels") or {}):
+        return False
+    return all(any(tolerates(t, taint) for t in tolerations) for taint in hard_taints(node))
 
 
 def node_usable(node: Obj) -> bool:

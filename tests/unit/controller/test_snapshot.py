@@ -5,10 +5,12 @@ from datetime import UTC, datetime
 import pytest
 
 from infleet.controller.snapshot import (
+    admits,
     group_pods,
     node_usage,
     parse_quantity,
     pool_capacity,
+    tolerates,
     unschedulable_since,
 )
 from tests.unit.controller.builders import make_pool, node, pod
@@ -112,3 +114,24 @@ def test_group_pods_tracks_the_earliest_unschedulable_time_per_pool() -> None:
 def test_bound_pod_is_never_unschedulable() -> None:
     p = pod("a", node_name="n1", unschedulable_at="2026-01-01T00:00:10Z")
     assert unschedulable_since(p) is None
+
+
+def test_tolerations_match_taints_as_kubernetes_does() -> None:
+    taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    assert tolerates({"key": "nvidia.com/gpu", "operator": "Exists"}, taint)
+    assert tolerates({"key": "nvidia.com/gpu", "value": "present"}, taint)  # operator defaults to Equal
+    assert not tolerates({"key": "nvidia.com/gpu", "value": "absent"}, taint)
+    assert not tolerates({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}, taint)
+    assert tolerates({"operator": "Exists"}, taint)  # no key: every taint
+    assert not tolerates({"key": "other", "operator": "Exists"}, taint)
+
+
+def test_a_pool_is_admitted_where_it_selects_and_tolerates_every_hard_taint() -> None:
+    gpu = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    prefer = {"key": "spot", "effect": "PreferNoSchedule"}
+    n = node("n1", "l4", {"nvidia.com/gpu": "4"})
+    n["spec"]["taints"] = [gpu, prefer]
+    selector = {"karpenter.sh/nodepool": "l4"}
+    assert admits(selector, [{"key": "nvidia.com/gpu", "operator": "Exists"}], n)  # PreferNoSchedule only steers
+    assert not admits(selector, [], n)
+    assert not admits({"karpenter.sh/nodepool": "h100"}, [{"operator": "Exists"}], n)
