@@ -5,14 +5,21 @@ restarted operator re-running a half-applied one) converges instead of duplicati
 InferenceDeployment that the plan no longer names are deleted, which is also what moves replicas off a pool.
 A Deployment whose rendered spec (hashed into an annotation) and replica count already match is not sent at all,
 so a reconcile that changes nothing writes nothing.
+
+The applies of one plan are independent of each other, so they may be sent at once (``FanOut``): a new deployment's
+reconcile then waits for its slowest write (creating the Service allocates a ClusterIP, about twice a Deployment
+apply on a busy API server) instead of the sum. Deletions follow the applies, so a move starts the new pool's
+replicas before it removes the old pool's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 
 from infleet.controller.kube import Kube, Obj
 from infleet.controller.manifests import (
@@ -33,6 +40,30 @@ def deployments_path(namespace: str, name: str | None = None) -> str:
 
 def services_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{namespace}/services/{name}"
+
+
+Write = Callable[[], object]
+FanOut = Callable[[Sequence[Write]], None]  # runs every write; raises the first failure once all have finished
+
+
+def in_turn(writes: Sequence[Write]) -> None:
+    for write in writes:
+        write()
+
+
+def fan_out_on(executor: Executor) -> FanOut:
+    """Send a plan's writes at once on ``executor`` (sized for every reconcile worker's writes together)."""
+
+    def run(writes: Sequence[Write]) -> None:
+        if len(writes) <= 1:
+            in_turn(writes)
+            return
+        futures = [executor.submit(write) for write in writes]
+        errors = [exc for f in futures if (exc := f.exception()) is not None]
+        if errors:
+            raise errors[0]
+
+    return run
 
 
 @dataclass
@@ -71,10 +102,13 @@ def apply_plan(
     *,
     existing: list[Obj] | None = None,
     applied_services: MutableMapping[str, str] | None = None,
+    fan_out: FanOut = in_turn,
 ) -> ApplyResult:
     """``existing``: the owner's worker Deployments as the watch index has them (None: list them from the API).
-    ``applied_services``: Service digests this process applied already (skips re-applying an unchanged one)."""
+    ``applied_services``: Service digests this process applied already (skips re-applying an unchanged one).
+    ``fan_out``: how the applies are sent (one after another unless the caller has threads for them)."""
     result = ApplyResult()
+    writes: list[Write] = []
     found = existing if existing is not None else existing_workloads(kube, owner)
     current = {d["metadata"]["name"]: d for d in found if _owned_by(d, owner.uid)}
     for name, obj in current.items():
@@ -87,15 +121,17 @@ def apply_plan(
         have = current.get(name)
         same = have is not None and (have["metadata"].get("annotations") or {}).get(SPEC_HASH) == digest
         if not (same and result.previous.get(name) == w.replicas):
-            kube.apply(deployments_path(owner.namespace, name), manifest)
+            writes.append(partial(kube.apply, deployments_path(owner.namespace, name), manifest))
         result.applied[name] = w.replicas
     service = render_service(owner)
     service_key = f"{owner.namespace}/{service['metadata']['name']}/{owner.uid}"
-    digest = spec_hash(service)
-    if applied_services is None or applied_services.get(service_key) != digest:
-        kube.apply(services_path(owner.namespace, service["metadata"]["name"]), service)
-        if applied_services is not None:
-            applied_services[service_key] = digest
+    service_digest = spec_hash(service)
+    new_service = applied_services is None or applied_services.get(service_key) != service_digest
+    if new_service:
+        writes.append(partial(kube.apply, services_path(owner.namespace, service["metadata"]["name"]), service))
+    fan_out(writes)
+    if new_service and applied_services is not None:
+        applied_services[service_key] = service_digest
     for name in sorted(set(current) - set(result.applied)):
         if kube.delete(deployments_path(owner.namespace, name)):
             result.deleted.append(name)

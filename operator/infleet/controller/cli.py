@@ -109,8 +109,12 @@ def add_decision_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
     import kopf
 
+    from infleet.controller.apply import fan_out_on
     from infleet.controller.handlers import Context, register_handlers
     from infleet.controller.inferencepool import InferencePools
     from infleet.controller.kube import Kube
@@ -124,10 +128,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf logs every handler success at INFO; our own reconcile line says more, once.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    # Watches (one per informer and namespace) hold a connection each; reconcile workers, the pool timer, promotion
+    # Watches (one per informer and namespace) hold a connection each; reconcile workers, the threads that send a
+    # plan's applies at once (two per worker: a new deployment's Deployment and Service), the pool timer, promotion
     # and the Lease use the rest.
     watches = 3 + 2 * max(1, len(args.namespace))
-    kube = Kube.connect(args.kubeconfig, connections=watches + args.workers + 4)
+    appliers = 2 * args.workers
+    kube = Kube.connect(args.kubeconfig, connections=watches + args.workers + appliers + 4)
     metrics = OperatorMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port, addr=args.bind_address)
@@ -139,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
         elector = LeaseElector(kube, lease_ns, args.peering, identity)
     ctx = Context(
         kube=kube,
-        settings=settings_from(args, kube),
+        settings=replace(
+            settings_from(args, kube),
+            fan_out=fan_out_on(ThreadPoolExecutor(max_workers=appliers, thread_name_prefix="infleet-apply")),
+        ),
         metrics=metrics,
         interval_s=args.interval,
         resync_s=args.resync,

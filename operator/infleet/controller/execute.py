@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infleet.api import InferenceDeployment
-from infleet.controller.apply import ApplyResult, apply_plan
+from infleet.controller.apply import ApplyResult, FanOut, apply_plan, in_turn
 from infleet.controller.kube import Kube, Obj
 from infleet.controller.manifests import ImageConfig, Owner, label_selector, selector_labels
 from infleet.controller.observe import workload
@@ -50,6 +50,7 @@ def execute(
     promotion: WorkerStateClient | None,
     existing: list[Obj] | None = None,
     applied_services: MutableMapping[str, str] | None = None,
+    fan_out: FanOut = in_turn,
 ) -> Executed:
     if not plan.touch_workloads:
         return Executed(applied=None)
@@ -68,7 +69,9 @@ def execute(
     for pool, n in plan.warm.items():
         api_pool = obs.pools[pool].pool
         workloads.append(workload(owner, infd, api_pool, plan.devices_per_replica[pool], "warm", n))
-    applied = apply_plan(kube, owner, workloads, images, existing=existing, applied_services=applied_services)
+    applied = apply_plan(
+        kube, owner, workloads, images, existing=existing, applied_services=applied_services, fan_out=fan_out
+    )
     return Executed(applied=applied, promoted=tuple(done), retired=tuple(retired))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from infleet.api import InferenceDeployment
-from infleet.controller.apply import existing_workloads
+from infleet.controller.apply import FanOut, existing_workloads, in_turn
 from infleet.controller.autoscale import LoadMeter
 from infleet.controller.execute import execute, status_of
 from infleet.controller.index import ClusterIndex
@@ -48,6 +48,7 @@ class Settings:
     promotion: WorkerStateClient | None = None  # None: warm pods are never promoted (promoted ones still retire)
     # Makes sure a namespace has the workers' admin Secret before worker pods that mount it are applied.
     admin_secrets: Callable[[str], None] | None = None
+    fan_out: FanOut = in_turn  # how one plan's applies are sent (`infleet run`: at once, on a shared thread pool)
 
 
 @dataclass
@@ -166,6 +167,7 @@ def reconcile(
         promotion=settings.promotion,
         existing=seen.workloads,
         applied_services=applied_services,
+        fan_out=settings.fan_out,
     )
     if done.applied is not None and done.applied.deleted:
         log.info("removed workloads %s of %s/%s", done.applied.deleted, seen.owner.namespace, seen.owner.name)
