@@ -205,6 +205,7 @@ class Engine:
         self._running: list[_Seq] = []  # the decode batch, in batch-row order
         self._prefilling: _Seq | None = None  # at most one prompt is mid-way through chunked prefill
         self._admissions = itertools.count()
+        self._head_match: tuple[_Seq, int, int, list[int]] | None = None  # see _head_hits
         self.preemptions = 0
         self._aborts: set[str] = set()
         self._cv = threading.Condition()
@@ -359,10 +360,11 @@ class Engine:
                 return None
             seq = self._waiting[0]
         context = seq.context
-        hits = self.pool.match(context)
+        hits = self._head_hits(seq, len(context))
         fresh = self.pool.blocks_for(len(context)) - len(hits)
         if not self.pool.can_admit(hits, fresh):
             return None  # blocks run out: wait for running requests to release theirs
+        self._head_match = None
         with self._cv:
             self._waiting.popleft()
         self.pool.acquire(hits)
@@ -375,6 +377,18 @@ class Engine:
             if self.observer is not None:
                 self.observer.on_prefix_lookup(len(seq.prompt_ids), seq.cached)
         return seq
+
+    def _head_hits(self, seq: _Seq, context_len: int) -> list[int]:
+        """The queue head's cached prefix blocks, looked up again only when the head, its context or the prefix
+        index changed: while the pool is short of blocks the same head is retried every step."""
+        version = self.pool.index_version
+        if self._head_match is not None:
+            was, was_len, was_version, hits = self._head_match
+            if was is seq and was_len == context_len and was_version == version:
+                return hits
+        hits = self.pool.match(seq.context)
+        self._head_match = (seq, context_len, version, hits)
+        return hits
 
     def _allocate(self) -> int:
         block = self.pool.allocate()

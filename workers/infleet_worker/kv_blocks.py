@@ -45,6 +45,9 @@ class BlockPool:
         self.hit_tokens = 0
         self.query_tokens = 0
         self.evictions = 0
+        # Bumped whenever the prefix index changes: a `match` stays valid while it is unchanged, so a request that
+        # waits for blocks is not looked up again (every chunk of its prompt hashed) on every engine step.
+        self.index_version = 0
 
     # ---- accounting ----------------------------------------------------------------------------------------
     @property
@@ -142,6 +145,7 @@ class BlockPool:
                     break
                 self._index[key] = block
                 self._key[block] = key
+                self.index_version += 1
                 if parent != ROOT:
                     self._children[parent] += 1
                 added += 1
@@ -151,6 +155,7 @@ class BlockPool:
     def _uncache(self, block: int) -> None:
         parent, tokens = self._key.pop(block)
         del self._index[(parent, tokens)]
+        self.index_version += 1
         if parent == ROOT:
             return
         self._children[parent] -= 1

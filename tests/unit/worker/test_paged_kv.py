@@ -199,3 +199,30 @@ def test_a_preempted_sequence_recomputes_from_its_own_cached_blocks(make_engine:
     # Without caching a preempted sequence prefills its prompt and output again; with it, only the tail past its
     # last full block (the blocks it had computed stayed cached when it was preempted).
     assert prefilled[1] is not None and prefilled[0] is not None and prefilled[1] < prefilled[0]
+
+
+def test_a_request_waiting_for_blocks_is_looked_up_once_while_the_prefix_index_is_unchanged(
+    make_engine: Callable[..., Engine],
+) -> None:
+    # 4 blocks of 8 tokens; the first request holds 3 (20 prompt + 4 output tokens), so the second (20 tokens, 3
+    # blocks) waits. Matching hashes every chunk of a prompt: while nothing is cached or evicted it is done once.
+    engine = make_engine(num_slots=2, max_seq_len=32, block_size=8, kv_blocks=4, prefix_cache_blocks=1)
+    lookups: list[int] = []
+    match = engine.pool.match
+    engine.pool.match = lambda tokens: lookups.append(len(tokens)) or match(tokens)  # type: ignore[method-assign]
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+    engine.submit([(3 * j + 1) % 256 for j in range(20)], params, lambda o: None)
+    engine.submit([(5 * j + 2) % 256 for j in range(20)], params, lambda o: None)
+    engine.step()
+    assert (engine.num_running, engine.num_waiting) == (1, 1)
+    version = engine.pool.index_version
+    waited = 0
+    while engine.num_waiting and waited < 50:
+        engine.step()
+        waited += 1
+        if engine.pool.index_version == version:
+            assert lookups.count(20) <= 2  # the first request's own lookup, then the waiting one's, once
+    assert engine.num_waiting == 0 and waited > 1
+    while not engine.is_idle():
+        engine.step()
+    assert engine.pool.available == 4
