@@ -31,6 +31,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from infleet_devcluster.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,11 +91,6 @@ def serve_stub(port: int, slots: int, prefill_ms: float, tpot_ms: float) -> None
 
 
 # ---- processes --------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def wait_http(url: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from infleet_devcluster.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 INFLEET = Path(sys.executable).parent / "infleet"
@@ -133,11 +134,6 @@ def start_operator(
                "--log-format", "text", *operator_args]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log.name
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def histogram_quantiles(text: str, name: str, label: str) -> dict[str, dict[str, float]]:
@@ -246,11 +242,12 @@ def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]
         after = apiserver_requests(client)
         operator_metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         pods = client.list(f"/api/v1/namespaces/{namespace}/pods")
-        pending = sum(
-            1
+        unschedulable = [
+            p
             for p in pods
             if any(c.get("reason") == "Unschedulable" for c in (p.get("status") or {}).get("conditions") or [])
-        )
+        ]
+        pending = len(unschedulable)
         latencies = list(placed.values())
         return {
             "deployments": n,
@@ -271,6 +268,7 @@ def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]
             "operator_cpu_share": round((cpu1 - cpu0) / elapsed, 2),
             "operator_rss_peak_mib": round(max(peak_rss, rss)),
             "pending_unschedulable_pods": pending,
+            "pending_examples": [pending_example(p) for p in unschedulable[:5]],
             "elapsed_s": round(elapsed, 1),
             "queue_wait_by_lane": histogram_quantiles(operator_metrics, "infleet_reconcile_queue_wait_seconds", "lane"),
             "reconcile_time": histogram_quantiles(operator_metrics, "infleet_reconcile_duration_seconds", "kind"),
@@ -281,6 +279,24 @@ def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]
         op.terminate()
         op.wait(30)
         client.delete(f"/api/v1/namespaces/{namespace}")
+
+
+def pending_example(pod: dict[str, Any]) -> dict[str, Any]:
+    """Why the scheduler refused an infleet pod, and what it asked for: enough to tell overcommit from a node that
+    was not Ready yet or a pod of a Deployment being replaced."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    cond = next(c for c in status.get("conditions") or [] if c.get("reason") == "Unschedulable")
+    container = (pod["spec"].get("containers") or [{}])[0]
+    return {
+        "pod": meta["name"],
+        "pool": (meta.get("labels") or {}).get("infleet.io/pool"),
+        "role": (meta.get("labels") or {}).get("infleet.io/role"),
+        "created": meta.get("creationTimestamp"),
+        "deleting": meta.get("deletionTimestamp") is not None,
+        "since": cond.get("lastTransitionTime"),
+        "message": cond.get("message"),
+        "requests": (container.get("resources") or {}).get("requests"),
+    }
 
 
 def scrape(url: str) -> str:
