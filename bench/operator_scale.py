@@ -7,7 +7,8 @@ Bring a cluster up with many simulated nodes first, then point this at it (it cr
     .venv/bin/python bench/operator_scale.py --kubeconfig .cache/cluster/kubeconfig --deployments 200 1000
 
 It applies the CRDs and examples/pools.yaml, starts `infleet run` (defaults: autoscaling on, leader election off
-with --standalone), creates N InferenceDeployments as fast as the API server takes them (small CPU/GPU models with
+with --standalone), creates N InferenceDeployments as fast as the API server takes them (or one every
+--create-interval seconds, for the latency of a lone creation) (small CPU/GPU models with
 a declared load, so each places 1-4 replicas), and measures, per N:
 
 * create -> Placed: from each create call's return to the first watch event showing Placed=True;
@@ -197,7 +198,9 @@ class StatusWatch:
             self.observed.setdefault((name, int(status["observedGeneration"])), now)
 
 
-def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]) -> dict[str, Any]:
+def run_one(
+    kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str], interval_s: float = 0.0
+) -> dict[str, Any]:
     client = kube(kubeconfig)
     namespace = f"scale-{n}-{int(time.time()) % 100000}"
     client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -216,8 +219,13 @@ def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]
             client.create(path, deployment(f"d{i:05d}", i))
             created_at[f"d{i:05d}"] = time.monotonic()
 
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(create, range(n)))
+        if interval_s > 0:  # one at a time: the latency of a lone new deployment, the API server otherwise idle
+            for i in range(n):
+                create(i)
+                time.sleep(interval_s)
+        else:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(create, range(n)))
         created_s = time.monotonic() - started
         peak_rss = 0.0
         while time.monotonic() - started < timeout_s and len(watch.placed) < n:
@@ -253,6 +261,7 @@ def run_one(kubeconfig: Path, n: int, timeout_s: float, operator_args: list[str]
             "deployments": n,
             "nodes": len(client.list("/api/v1/nodes")),
             "create_s": round(created_s, 1),
+            "create_interval_s": interval_s,
             "placed": len(placed),
             "placed_p50_s": round(percentile(latencies, 0.5), 2),
             "placed_p99_s": round(percentile(latencies, 0.99), 2),
@@ -314,10 +323,18 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every deployment to be placed")
     p.add_argument("--operator-arg", action="append", default=[], help="extra `infleet run` argument (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument(
+        "--create-interval",
+        type=float,
+        default=0.0,
+        help="seconds between creations, one at a time (default 0: a burst from 8 threads)",
+    )
     args = p.parse_args()
     kubectl(args.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     kubectl(args.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "examples/pools.yaml"))
-    results = [run_one(args.kubeconfig, n, args.timeout, args.operator_arg) for n in args.deployments]
+    results = [
+        run_one(args.kubeconfig, n, args.timeout, args.operator_arg, args.create_interval) for n in args.deployments
+    ]
     for r in results:
         print(json.dumps(r))
     if args.out:
