@@ -81,7 +81,7 @@ class Context:
         return self.elector is None or self.elector.is_leader()
 
     def wake_short(self, but: Key | None = None) -> None:
-        """Queue the deployments that were short of capacity: a pod left a node or a plan shrank."""
+        """Queue the deployments that were short of capacity: a pod left a node, a node offers room, a plan shrank."""
         self.enqueue({k for k in list(self.short) if k != but})
 
     def enqueue(self, keys: set[Key], *, urgent: set[Key] | frozenset[Key] = frozenset()) -> None:
@@ -263,10 +263,14 @@ def pool_status(body: Obj, nodes: int, allocatable: int, allocated: int, saturat
 
 def on_event(ctx: Context, kind: str, event_type: str | None, body: Obj) -> None:
     """Fold a watch event into the index and queue what it concerns."""
+    offered = ctx.index.nodes_offered
     keys = ctx.index.apply(kind, event_type, body)
     ctx.enqueue(keys, urgent=unobserved_spec(kind, event_type, body))
-    if kind == "Pod" and event_type == "DELETED" and (body.get("spec") or {}).get("nodeName") and ctx.short:
-        ctx.wake_short()  # its devices are free now
+    if ctx.short and (
+        (kind == "Pod" and event_type == "DELETED" and (body.get("spec") or {}).get("nodeName"))  # devices freed
+        or ctx.index.nodes_offered != offered  # a node joined a pool, or lost what kept pods off it
+    ):
+        ctx.wake_short()
     if kind == "AcceleratorPool" and ctx.queue is not None:
         ctx.queue.add(("pool", "", (body.get("metadata") or {}).get("name") or ""))
     if kind == "InferenceDeployment" and event_type == "DELETED":

@@ -167,6 +167,9 @@ class ClusterIndex:
     node_shapes: dict[str, Shape] = field(default_factory=dict)
     pool_shapes: dict[str, Counter[Shape]] = field(default_factory=dict)  # pool -> shape -> nodes
     node_pods: dict[str, int] = field(default_factory=dict)
+    # Bumped when a node joins a pool's usable nodes or changes while it is one (added, untainted, Ready again,
+    # uncordoned, resized): deployments placed short of capacity are worth deciding again.
+    nodes_offered: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- events ------------------------------------------------------------------------------------------------
@@ -288,6 +291,8 @@ class ClusterIndex:
             )
         if before is not None and not deleted and before == self.nodes[name]:
             return set()
+        if not deleted and node_usable(self.nodes[name]) and any(name in m for m in self.pool_nodes.values()):
+            self.nodes_offered += 1
         # Capacity changed: deployments that wait for room (pending pods) may now fit, or lose a node.
         return {
             k

@@ -154,3 +154,28 @@ def test_a_deployment_short_of_capacity_is_woken_when_a_pod_leaves_or_a_plan_shr
         kube.objects["/apis/infleet.io/v1alpha1/namespaces/ns/inferencedeployments/a"],
     )
     assert ctx.queue.pending(("infd", "ns", "b"))
+
+
+def test_a_deployment_short_of_capacity_is_woken_when_a_node_starts_offering_room() -> None:
+    ctx, kube = context()
+    add_pool(ctx, "cheap", {"karpenter.sh/nodepool": "cheap"}, 1.0)
+    add_deployment(ctx, kube, "a", rps=8)  # 4 replicas: the whole cheap node
+    add_deployment(ctx, kube, "b", rps=4)
+    reconcile_deployment(ctx, ("ns", "a"))
+    bind(ctx, "a", "cheap", "cheap-1", 4)
+    reconcile_deployment(ctx, ("ns", "b"))
+    assert ("ns", "b") in ctx.short
+    gpus = {"nvidia.com/gpu": "4", "cpu": "64", "memory": "512Gi", "pods": "110"}
+    settling = node("cheap-2", "cheap", gpus)
+    settling["spec"]["taints"] = [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]
+    ctx.queue = WorkQueue(lambda key: None, workers=1)
+    on_event(ctx, "Node", "ADDED", settling)
+    heartbeat = {**settling, "status": {**settling["status"], "conditions": [
+        {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-11-30T03:00:00Z"}]}}  # fmt: skip
+    on_event(ctx, "Node", "MODIFIED", heartbeat)  # nothing the index keeps changed
+    on_event(ctx, "Node", "ADDED", node("other-1", "other", gpus))  # no pool selects it
+    assert not ctx.queue.pending(("infd", "ns", "b"))  # the new node is tainted: no room for the pool yet
+    on_event(ctx, "Node", "MODIFIED", node("cheap-2", "cheap", gpus))  # the lifecycle controller untainted it
+    assert ctx.queue.pending(("infd", "ns", "b"))
+    reconcile_deployment(ctx, ("ns", "b"))
+    assert summary(kube, "b") == {"cheap": 2} and ("ns", "b") not in ctx.short
