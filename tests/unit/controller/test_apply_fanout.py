@@ -4,6 +4,7 @@ finished), and a Service that failed to apply is tried again by the next reconci
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,15 +38,23 @@ def test_a_failed_write_fails_the_whole_apply_once_the_others_are_done() -> None
 
     def slow() -> None:
         started.wait(2)
+        time.sleep(0.3)  # still running when the other write has failed
         done.append("slow")
 
     def failing() -> None:
         started.set()
         raise ConnectionError("api server down")
 
+    def apply_and_see_what_finished() -> None:
+        try:
+            fan_out_on(pool)([slow, failing])
+        finally:
+            finished_when_raised.extend(done)  # read before the executor's exit waits for its threads
+
+    finished_when_raised: list[str] = []
     with ThreadPoolExecutor(2) as pool, pytest.raises(ConnectionError):
-        fan_out_on(pool)([slow, failing])
-    assert done == ["slow"]
+        apply_and_see_what_finished()
+    assert finished_when_raised == ["slow"]
 
 
 class ServiceFailsOnce(FakeKube):

@@ -137,8 +137,14 @@ def test_a_node_offers_devices_only_to_pools_that_tolerate_its_hard_taints() -> 
     settling["spec"]["taints"] = [GPU_TAINT, {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]
     idx.apply("Node", "ADDED", settling)
     assert idx.pool_nodes["tolerant"] == {"gpu-node"}  # Ready, but the lifecycle controller has not untainted it
+    assert sum(idx.pool_shapes["tolerant"].values()) == 1 and not idx.pool_shapes["strict"]
     settling["spec"]["taints"] = [GPU_TAINT]
     idx.apply("Node", "MODIFIED", settling)
     assert idx.pool_nodes["tolerant"] == {"gpu-node", "new-node"}
+    assert sum(idx.pool_shapes["tolerant"].values()) == 2  # the shape counts follow the membership
     idx.apply("AcceleratorPool", "MODIFIED", pool_doc("strict", "a", 0.5, [{"operator": "Exists"}]))
     assert idx.pool_nodes["strict"] == {"gpu-node", "new-node"}  # a pool that tolerates everything
+    assert sum(idx.pool_shapes["strict"].values()) == 2
+    settling["spec"]["taints"] = [GPU_TAINT, {"key": "drain", "effect": "NoExecute"}]
+    idx.apply("Node", "MODIFIED", settling)
+    assert idx.pool_nodes["tolerant"] == {"gpu-node"} and sum(idx.pool_shapes["tolerant"].values()) == 1

@@ -133,7 +133,8 @@ def test_a_claim_shrinks_as_its_pods_bind_so_bound_devices_count_once() -> None:
     assert summary(kube, "b") == {"cheap": 2}, "the cheap node's 2 free devices were counted as taken"
 
 
-def test_a_deployment_short_of_capacity_is_woken_when_a_pod_leaves_or_a_plan_shrinks() -> None:
+def b_short_of_capacity() -> tuple[Context, FakeKube, list[dict[str, Any]]]:
+    """a holds the whole cheap node (its 4 pods bound), so b is placed nowhere and waits for room."""
     ctx, kube = context()
     add_pool(ctx, "cheap", {"karpenter.sh/nodepool": "cheap"}, 1.0)
     add_deployment(ctx, kube, "a", rps=8)  # 4 replicas: the whole cheap node
@@ -142,6 +143,11 @@ def test_a_deployment_short_of_capacity_is_woken_when_a_pod_leaves_or_a_plan_shr
     pods = bind(ctx, "a", "cheap", "cheap-1", 4)
     reconcile_deployment(ctx, ("ns", "b"))
     assert summary(kube, "b") == {} and ("ns", "b") in ctx.short
+    return ctx, kube, pods
+
+
+def test_a_deployment_short_of_capacity_is_woken_when_a_pod_leaves_or_a_plan_shrinks() -> None:
+    ctx, kube, pods = b_short_of_capacity()
     ctx.queue = WorkQueue(lambda key: None, workers=1)
     on_event(ctx, "Pod", "DELETED", pods[0])
     assert ctx.queue.pending(("infd", "ns", "b"))
@@ -157,14 +163,7 @@ def test_a_deployment_short_of_capacity_is_woken_when_a_pod_leaves_or_a_plan_shr
 
 
 def test_a_deployment_short_of_capacity_is_woken_when_a_node_starts_offering_room() -> None:
-    ctx, kube = context()
-    add_pool(ctx, "cheap", {"karpenter.sh/nodepool": "cheap"}, 1.0)
-    add_deployment(ctx, kube, "a", rps=8)  # 4 replicas: the whole cheap node
-    add_deployment(ctx, kube, "b", rps=4)
-    reconcile_deployment(ctx, ("ns", "a"))
-    bind(ctx, "a", "cheap", "cheap-1", 4)
-    reconcile_deployment(ctx, ("ns", "b"))
-    assert ("ns", "b") in ctx.short
+    ctx, kube, _ = b_short_of_capacity()
     gpus = {"nvidia.com/gpu": "4", "cpu": "64", "memory": "512Gi", "pods": "110"}
     settling = node("cheap-2", "cheap", gpus)
     settling["spec"]["taints"] = [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]
